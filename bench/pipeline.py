@@ -1,0 +1,43 @@
+"""Pipeline: wall time of the full default `dvc repro` from a clean clone, and of a no-op one.
+    python bench/pipeline.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import save, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "kdflow"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        full = timed([str(BIN / "dvc"), "repro"], repo)
+        noop = [timed([str(BIN / "dvc"), "repro"], repo) for _ in range(3)]
+    rows = [
+        {"run": "full `dvc repro` (clean clone)", "seconds": round(full, 1), "target": "<= 300"},
+        {"run": "no-op `dvc repro` (median of 3)", "seconds": round(sorted(noop)[1], 2), "target": "<= 3"},
+    ]  # fmt: skip
+    print(table(rows))
+    print(f"\nwrote {save('pipeline', {'rows': rows, 'noop_runs': noop})}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Speed: images/s of kdflow's Trainer against a bare PyTorch loop, and distillation's cost.
+
+Same model, batch, data and thread count; the runs alternate and repeat, the median counts.
+    python bench/speed.py [--repeats 3] [--data data/prepared/old]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import median, save, table  # noqa: E402
+
+from kdflow.config import DistillConfig, TrainConfig, load_params  # noqa: E402
+from kdflow.distill import DistillObjective, freeze  # noqa: E402
+from kdflow.engine import Trainer, predict, seed_everything  # noqa: E402
+from kdflow.losses import LOSSES  # noqa: E402
+from kdflow.models import build_model  # noqa: E402
+from kdflow.tasks import load_task  # noqa: E402
+
+
+def bare_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> float:
+    """The loop a person writes by hand: shuffle, slice, forward, backward, step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    t0 = time.perf_counter()
+    for i in range(0, len(x), cfg.batch_size):
+        idx = perm[i : i + cfg.batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def trainer_epoch(model: torch.nn.Module, data, cfg: TrainConfig, objective=None) -> float:  # noqa: ANN001
+    """One epoch of the Trainer (no validation, no checkpoint: the loop itself)."""
+    trainer = Trainer(cfg.model_copy(update={"epochs": 1}), model, data, None, objective=objective)
+    with contextlib.redirect_stderr(io.StringIO()):
+        t0 = time.perf_counter()
+        trainer.fit()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data", default="data/prepared/old")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    task = load_task(args.data)
+    x, y = task["train"]
+    n = len(y)
+    rows, raw = [], {}
+    models = {}
+    for role in ("teacher", "student"):
+        m = getattr(params.models, role)
+        seed_everything(0)
+        models[role] = build_model(m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth)
+    teacher = freeze(build_model(params.models.teacher.arch, task.num_classes, task.in_channels,
+                                 task.image_size, params.models.teacher.width, params.models.teacher.depth))  # fmt: skip
+    cached = predict(teacher, x)
+    kd = LOSSES.get("kd")(DistillConfig(), [], [])
+    for role in ("teacher", "student"):
+        cfg = getattr(params.train, role).model_copy(update={"device": "cpu"})
+        times = {"bare": [], "trainer": []}
+        if role == "student":
+            times.update({"distill_cached": [], "distill_online": []})
+        for _ in range(args.repeats):
+            times["bare"].append(bare_epoch(models[role], x, y, cfg))
+            times["trainer"].append(trainer_epoch(models[role], (x, y), cfg))
+            if role == "student":
+                times["distill_cached"].append(
+                    trainer_epoch(models[role], (x, y), cfg, DistillObjective(kd, [teacher], cached))
+                )
+                times["distill_online"].append(
+                    trainer_epoch(models[role], (x, y), cfg, DistillObjective(kd, [teacher]))
+                )
+        raw[role] = times
+        med = {k: median(v) for k, v in times.items()}
+        rows.append({"model": role, "loop": "bare PyTorch", "img/s": n / med["bare"], "ratio": 1.0})
+        rows.append({"model": role, "loop": "kdflow Trainer", "img/s": n / med["trainer"],
+                     "ratio": med["bare"] / med["trainer"]})  # fmt: skip
+        if role == "student":
+            for k, label in (("distill_cached", "distill, cached teacher"),
+                             ("distill_online", "distill, online teacher")):  # fmt: skip
+                rows.append({"model": role, "loop": label, "img/s": n / med[k],
+                             "ratio": med["trainer"] / med[k],
+                             "epoch_cost_vs_alone": med[k] / med["trainer"]})  # fmt: skip
+    print(table(rows))
+    path = save("speed", {"rows": rows, "seconds": raw, "images_per_epoch": n,
+                          "repeats": args.repeats})  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Distillation around the shared Trainer: frozen teachers, the teacher-output cache, the objective.
+
+The teacher always runs in eval mode without autograd: its BatchNorm statistics never move
+and it never receives gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kdflow.engine import Objective, predict
+from kdflow.io import atomic_torch_save, safe_load
+from kdflow.losses._base import DistillLoss
+from kdflow.outputs import Outputs
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients, for good: ``train()`` calls on it are ignored."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    model.train = lambda mode=True: model  # type: ignore[method-assign]
+    return model
+
+
+@torch.no_grad()
+def probe_dims(model: nn.Module, x: Tensor) -> list[tuple[int, ...]]:
+    """Feature shapes of each stage, found with an eval-mode forward (BN stats untouched)."""
+    was = model.training
+    model.eval()
+    dims = [tuple(f.shape[1:]) for f in model.forward_all(x).features]
+    model.train(was)
+    return dims
+
+
+def cache_key(teacher_hashes: list[str], data_hash: str) -> str:
+    """Cached logits are valid for exactly these teacher checkpoints and this data."""
+    return hashlib.sha256("|".join([*teacher_hashes, data_hash]).encode()).hexdigest()[:20]
+
+
+def ensemble_logits(teachers: list[nn.Module], x: Tensor, device: torch.device) -> Tensor:
+    return torch.stack([predict(t, x, device=device) for t in teachers]).mean(0)
+
+
+def cached_teacher_logits(
+    teachers: list[nn.Module], x: Tensor, key: str, cache_dir: str | Path, device: torch.device
+) -> Tensor:
+    """Teacher logits for every training image, computed once and kept on disk by key."""
+    path = Path(cache_dir) / f"teacher_logits_{key}.pt"
+    if path.is_file():
+        try:
+            logits = safe_load(path, "teacher cache")["logits"]
+            if logits.shape[0] == len(x):
+                return logits
+        except Exception:
+            pass
+    logits = ensemble_logits(teachers, x, device)
+    atomic_torch_save(path, {"logits": logits, "key": key})
+    return logits
+
+
+class DistillObjective(Objective):
+    """Student loss against the teacher(s): online (teacher forward each step) or cached."""
+
+    def __init__(
+        self, loss: DistillLoss, teachers: list[nn.Module], cached: Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.loss = loss  # a submodule: FitNets' regressor trains and is checkpointed with it
+        self._teachers = teachers  # plain list: never saved, never optimised
+        self.cached = cached
+
+    def teacher_outputs(self, x: Tensor, idx: Tensor) -> Outputs:
+        if self.cached is not None:
+            return Outputs(self.cached[idx].to(x.device))
+        for t in self._teachers:
+            if next(t.parameters()).device != x.device:
+                t.to(x.device)
+        with torch.no_grad():
+            if self.loss.needs_features:
+                out = self._teachers[0](x, with_features=True)
+                if len(self._teachers) > 1:
+                    out.logits = torch.stack([t(x) for t in self._teachers]).mean(0)
+                return out
+            return Outputs(torch.stack([t(x) for t in self._teachers]).mean(0))
+
+    def forward(
+        self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, epoch: int
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        if self.loss.needs_features:
+            student = model(x, with_features=True)
+        else:
+            student = Outputs(model(x))
+        terms = self.loss(student, self.teacher_outputs(x, idx), y, epoch)
+        parts = {k: v for k, v in terms.items() if k != "loss"}
+        return terms["loss"], student.logits, parts

@@ -1,0 +1,476 @@
+"""The one training loop every stage uses, and the evaluation helpers around it.
+
+The Trainer knows nothing of distillation or transfer: a stage hands it an ``Objective``
+(what the loss of a batch is) and optional extra per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from kdflow.config import TrainConfig
+from kdflow.errors import KdflowError
+from kdflow.io import atomic_torch_save, clean_stale_tmp, safe_load
+
+# --------------------------------------------------------------------------- devices and DDP
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; under torchrun each rank takes its local GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise KdflowError("device cuda was asked for (train.device) but no CUDA GPU is visible")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise KdflowError("device mps was asked for (train.device) but MPS is not available")
+    return torch.device(name)
+
+
+def is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group started by ``torchrun`` (gloo on CPU, nccl on CUDA)."""
+    if is_distributed() and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same numbers on CPU."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TensorBatches(Dataset):
+    """In-memory images and labels; fetches a whole batch at once through ``__getitems__``.
+
+    Returns ``(x, y, idx)``: the index lets objectives look up cached teacher outputs.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, augment: bool = False) -> None:
+        self.x, self.y = x, y
+        self.transform = None
+        if augment:
+            from torchvision.transforms import v2
+
+            pad = max(1, x.shape[-1] // 8)
+            self.transform = v2.Compose(
+                [v2.RandomCrop(x.shape[-1], padding=pad), v2.RandomHorizontalFlip()]
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.x[idx]
+        if self.transform is not None:
+            x = torch.stack([self.transform(img) for img in x])
+        return x, self.y[idx], idx
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def make_loader(
+    data: TensorBatches, batch_size: int, seed: int, shuffle: bool = True
+) -> tuple[DataLoader, Callable[[int], None]]:
+    """A loader whose order depends only on (seed, epoch); returns it and ``set_epoch``."""
+    if is_distributed() and dist.is_initialized():
+        sampler = DistributedSampler(data, shuffle=shuffle, seed=seed)
+        set_epoch = sampler.set_epoch
+    else:
+        gen = torch.Generator()
+        sampler = RandomSampler(data, generator=gen) if shuffle else None
+
+        def set_epoch(epoch: int) -> None:
+            gen.manual_seed(seed * 100_003 + epoch)
+
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_identity)
+    return loader, set_epoch
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, x: Tensor, batch_size: int = 1024, device: torch.device | None = None
+) -> Tensor:
+    """Logits for all of ``x`` in eval mode (CPU result)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def classification_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
+    return {
+        "loss": float(F.cross_entropy(logits, y)),
+        "accuracy": float((logits.argmax(1) == y).float().mean()),
+    }
+
+
+def agreement_metrics(student_logits: Tensor, teacher_logits: Tensor) -> dict[str, float]:
+    """Top-1 agreement with the teacher and KL(teacher || student) at T=1."""
+    kl = F.kl_div(
+        F.log_softmax(student_logits, 1),
+        F.log_softmax(teacher_logits, 1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return {
+        "agreement": float((student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()),
+        "kl_to_teacher": float(kl),
+    }
+
+
+# --------------------------------------------------------------------------- objective
+
+
+class Objective(nn.Module):
+    """The loss of one batch. The default is cross-entropy on the labels.
+
+    Subclasses may hold parameters (a FitNets regressor): the Trainer optimises them too and
+    saves them in its checkpoints.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(
+        self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, epoch: int
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return loss, logits, {}
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        t = min(step / max(total_steps, 1), 1.0)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if cfg.schedule == "multistep":
+            return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+        return 1.0
+
+    return f
+
+
+def build_optimizer(
+    cfg: TrainConfig, groups: list[dict[str, Any]], total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD (Nesterov) or AdamW with a per-step schedule; groups may carry an ``lr_mult``."""
+    for g in groups:
+        g["lr"] = cfg.lr * g.pop("lr_mult", 1.0)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 1)
+        )
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
+    return opt, sched
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Trainer:
+    """Train a model with one config; checkpoint every epoch and resume after a kill.
+
+    ``extra_metrics(model, epoch)`` adds metrics per epoch (e.g. agreement with a teacher);
+    ``on_epoch(metrics, epoch)`` receives every epoch's metrics (e.g. to log to MLflow).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor] | None = None,
+        objective: Objective | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
+        ckpt_dir: str | Path | None = None,
+        fingerprint: str = "",
+        name: str = "train",
+        extra_metrics: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        on_epoch: Callable[[dict[str, float], int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.device = resolve_device(cfg.device)
+        init_distributed(self.device)
+        self.model = model.to(self.device)
+        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.objective = (objective or Objective(cfg.label_smoothing)).to(self.device)
+        self.train_data = TensorBatches(*train, augment=cfg.augment)
+        self.val = val
+        self.ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
+        self.fingerprint = fingerprint
+        self.extra_metrics = extra_metrics
+        self.on_epoch = on_epoch
+        self.loader, self.set_epoch = make_loader(self.train_data, cfg.batch_size, cfg.seed)
+        self.steps_per_epoch = len(self.loader)
+        groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        extra = [p for p in self.objective.parameters() if p.requires_grad]
+        if extra:
+            groups = [*groups, {"params": extra}]
+        self.optimizer, self.scheduler = build_optimizer(
+            cfg, groups, cfg.epochs * self.steps_per_epoch
+        )
+        self.ddp_model: nn.Module = self.model
+        if dist.is_initialized():
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _state(self, epoch: int, history: list, best: dict) -> dict[str, Any]:
+        return {
+            "format": "kdflow.trainer/1",
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": history,
+            "best": best,
+        }
+
+    def _try_resume(self) -> tuple[int, list, dict] | None:
+        if self.ckpt is None:
+            return None
+        clean_stale_tmp(self.ckpt.parent)
+        if not self.ckpt.is_file():
+            return None
+        try:
+            state = safe_load(self.ckpt, "resume checkpoint")
+        except KdflowError as exc:
+            self._say(f"{exc}; starting over")
+            return None
+        if (
+            state.get("fingerprint") != self.fingerprint
+            or state.get("format") != "kdflow.trainer/1"
+        ):
+            self._say(f"{self.ckpt} belongs to other params or data; starting over")
+            return None
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return int(state["epoch"]), list(state["history"]), dict(state["best"])
+
+    def _say(self, msg: str) -> None:
+        if is_main():
+            print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+
+    # -- loop --------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.ddp_model.train()
+        self.set_epoch(epoch)
+        # Augmentation draws from the global generator: seed it per epoch, so resuming at
+        # an epoch boundary replays exactly what an uninterrupted run would have done.
+        torch.manual_seed(self.cfg.seed * 100_003 + epoch)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        parts_sum: dict[str, float] = {}
+        bar = None
+        if is_main() and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                desc=f"{self.name} {epoch + 1}/{self.cfg.epochs}",
+                leave=False,
+                file=sys.stderr,
+                mininterval=0.5,
+            )
+        amp_ctx = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        )
+        for step, (x, y, idx) in enumerate(self.loader):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp_ctx:
+                loss, logits, parts = self.objective(self.ddp_model, x, y, idx, epoch)
+            if not torch.isfinite(loss):
+                raise KdflowError(
+                    f"[{self.name}] loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                    "training diverged; lower the learning rate (lr) or set grad_clip"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            n = y.numel()
+            totals += torch.stack(
+                [
+                    loss.detach().double() * n,
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                ]
+            )
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * n
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(
+                        loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}"
+                    )
+        if bar is not None:
+            bar.close()
+        local = float(totals[2])
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        count = float(totals[2])
+        out = {"train_loss": float(totals[0]) / count, "train_accuracy": float(totals[1]) / count}
+        # Loss components are this rank's averages (they are for curves, not for selection).
+        out.update({f"train_{k}": v / local for k, v in parts_sum.items()})
+        return out
+
+    def fit(self) -> FitResult:
+        """Run (or finish) training; leaves the selected weights in ``self.model``."""
+        start_epoch, history, best = 0, [], {"epoch": -1, "score": -math.inf, "state": None}
+        resumed = self._try_resume()
+        if resumed:
+            start_epoch, history, best = resumed
+            self._say(f"resuming from {self.ckpt} after epoch {start_epoch}")
+            if self.on_epoch:  # replay logged epochs so a resumed run's curves are complete
+                for i, m in enumerate(history):
+                    self.on_epoch(m, i)
+        t0 = time.perf_counter()
+        for epoch in range(start_epoch, self.cfg.epochs):
+            te = time.perf_counter()
+            metrics = self._train_epoch(epoch)
+            metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            if self.val is not None:
+                val = classification_metrics(predict(self.model, self.val[0]), self.val[1])
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+            if self.extra_metrics is not None:
+                metrics.update(self.extra_metrics(self.model, epoch))
+            metrics["epoch_seconds"] = time.perf_counter() - te
+            history.append(metrics)
+            score = metrics.get("val_accuracy", metrics["train_accuracy"])
+            if self.val is not None and score > best["score"]:
+                best = {
+                    "epoch": epoch,
+                    "score": score,
+                    "state": {
+                        k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                    },
+                }
+            done = epoch + 1 - start_epoch
+            eta = (time.perf_counter() - t0) / done * (self.cfg.epochs - epoch - 1)
+            val_txt = f" val_acc {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+            self._say(
+                f"epoch {epoch + 1}/{self.cfg.epochs} loss {metrics['train_loss']:.4f} "
+                f"acc {metrics['train_accuracy']:.4f}{val_txt} "
+                f"({metrics['epoch_seconds']:.1f}s, ETA {_fmt_time(eta)})"
+            )
+            if self.ckpt is not None and is_main():
+                atomic_torch_save(self.ckpt, self._state(epoch + 1, history, best))
+            barrier()
+            if self.on_epoch and is_main():
+                self.on_epoch(metrics, epoch)
+        use_best = self.cfg.select == "best" and best["state"] is not None
+        if use_best:
+            self.model.load_state_dict(best["state"])
+        best_epoch = best["epoch"] if use_best else self.cfg.epochs - 1
+        return FitResult(history, best_epoch, time.perf_counter() - t0, start_epoch)
+
+    def finish(self) -> None:
+        """Drop the resume checkpoint once the stage's outputs are safely written."""
+        barrier()
+        if self.ckpt is not None and is_main():
+            self.ckpt.unlink(missing_ok=True)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

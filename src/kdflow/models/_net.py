@@ -1,0 +1,49 @@
+"""The one model interface every architecture implements."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kdflow.outputs import Outputs
+
+
+class Net(nn.Module):
+    """stem -> stages (features) -> global pool (embedding) -> head (logits).
+
+    Keeping the head apart from the backbone is what transfer strategies need; exposing each
+    stage's output is what feature distillation needs.
+    """
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], feat_dim: int, num_classes: int):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feat_dim = feat_dim
+        self.head = nn.Linear(feat_dim, num_classes)
+
+    def backbone(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        feats = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats, torch.flatten(self.pool(x), 1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.backbone(x)[1]
+
+    def forward_all(self, x: Tensor) -> Outputs:
+        feats, emb = self.backbone(x)
+        return Outputs(self.head(emb), feats, emb)
+
+    def forward(self, x: Tensor, with_features: bool = False) -> Tensor | Outputs:
+        # One entry point (also under DDP, which only syncs gradients through forward).
+        if with_features:
+            return self.forward_all(x)
+        return self.head(self.embed(x))
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        head = {id(p) for p in self.head.parameters()}
+        return [p for p in self.parameters() if id(p) not in head]

@@ -1,0 +1,64 @@
+"""Name -> builder registries, so a new dataset, model, loss or strategy is one file."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from kdflow.errors import ParamsError
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+class Registry(Generic[T]):
+    """A named table of builders; ``get`` fails with the list of valid names."""
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
+        self.kind = kind
+        self.package = package
+        self._items: dict[str, T] = {}
+        self._schemas: dict[str, Any] = {}
+        self._loaded = package is None
+
+    def register(self, name: str, schema: Any = None) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("kd", schema=KDOptions)``."""
+
+        def deco(fn: T) -> T:
+            if name in self._items:
+                raise RuntimeError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = fn
+            if schema is not None:
+                self._schemas[name] = schema
+            return fn
+
+        return deco
+
+    def _load(self) -> None:
+        # Import every module of the package once, so that dropping a file in registers it.
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)  # type: ignore[arg-type]
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def schema(self, name: str) -> Any:
+        self._load()
+        return self._schemas.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._items
+
+    def get(self, name: str) -> T:
+        self._load()
+        if name not in self._items:
+            raise ParamsError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+        return self._items[name]

@@ -1,0 +1,12 @@
+"""Transfer strategies: one file each, registered by name.
+
+A strategy is ``build(model: TransferNet, options: dict, train_x: Tensor) -> list[Phase]``;
+it may freeze parts of the model. ``RESETS_MODEL`` lists strategies that start from random
+weights (no old-task retention to report).
+"""
+
+from __future__ import annotations
+
+from kdflow.registry import Registry
+
+STRATEGIES: Registry = Registry("transfer strategy", "kdflow.strategies")

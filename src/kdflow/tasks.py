@@ -1,0 +1,176 @@
+"""Split a dataset into the old task and the new (few-shot) task, and load them back.
+
+Each task is a folder of ``.npy`` arrays (uint8 images, int64 labels) plus ``manifest.json``.
+Written bytes depend only on the params, so DVC sees an unchanged old task when only the new
+task's settings move.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdflow.config import DataConfig
+from kdflow.datasets import DATASETS, RawData
+from kdflow.errors import KdflowError, ParamsError
+from kdflow.io import atomic_dir, atomic_write_json, sha256_files
+
+
+def _subsample(idx: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
+    if n is None or len(idx) <= n:
+        return idx
+    return np.sort(rng.choice(idx, size=n, replace=False))
+
+
+def _split_old(raw: RawData, cfg: DataConfig) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(cfg.seed)
+    train, val, test = [], [], []
+    for c in cfg.old_classes:
+        pool = _subsample(np.flatnonzero(raw.train_y == c), cfg.max_train_per_class, rng)
+        n_val = round(len(pool) * cfg.val_fraction)
+        if n_val < 1 or n_val >= len(pool):
+            raise ParamsError(
+                f"params.yaml: data.val_fraction = {cfg.val_fraction} leaves class {c} "
+                f"({len(pool)} images) without a train or val image; allowed: a fraction that "
+                "keeps at least one image on each side"
+            )
+        perm = rng.permutation(pool)
+        val.append(np.sort(perm[:n_val]))
+        train.append(np.sort(perm[n_val:]))
+        test.append(_subsample(np.flatnonzero(raw.test_y == c), cfg.max_test_per_class, rng))
+    return {
+        "train": np.concatenate(train),
+        "val": np.concatenate(val),
+        "test": np.concatenate(test),
+    }
+
+
+def _split_new(raw: RawData, cfg: DataConfig) -> dict[str, np.ndarray]:
+    # Its own generator: the new task's draw never shifts the old task's.
+    rng = np.random.default_rng([cfg.seed, 1])
+    train, test = [], []
+    for c in cfg.new_classes:
+        pool = np.flatnonzero(raw.train_y == c)
+        if cfg.shots_per_class > len(pool):
+            raise ParamsError(
+                f"params.yaml: data.shots_per_class = {cfg.shots_per_class} is more than class "
+                f"{c} ({raw.class_names[c]}) has ({len(pool)} training images); "
+                f"allowed: 1..{len(pool)}"
+            )
+        train.append(np.sort(rng.choice(pool, size=cfg.shots_per_class, replace=False)))
+        test.append(_subsample(np.flatnonzero(raw.test_y == c), cfg.max_test_per_class, rng))
+    return {"train": np.concatenate(train), "test": np.concatenate(test)}
+
+
+def _write_task(
+    out: Path,
+    raw: RawData,
+    idx: dict[str, np.ndarray],
+    classes: list[int],
+    mean: list[float],
+    std: list[float],
+    cfg: DataConfig,
+) -> dict[str, Any]:
+    remap = {c: i for i, c in enumerate(classes)}
+    with atomic_dir(out) as tmp:
+        per_class = {}
+        for split, ids in idx.items():
+            src_x, src_y = (
+                (raw.test_x, raw.test_y) if split == "test" else (raw.train_x, raw.train_y)
+            )
+            y = np.array([remap[int(v)] for v in src_y[ids]], dtype=np.int64)
+            np.save(tmp / f"{split}_x.npy", np.ascontiguousarray(src_x[ids]))
+            np.save(tmp / f"{split}_y.npy", y)
+            per_class[split] = {raw.class_names[c]: int((y == i).sum()) for c, i in remap.items()}
+        manifest = {
+            "dataset": cfg.dataset,
+            "classes": [{"id": c, "name": raw.class_names[c]} for c in classes],
+            "per_class": per_class,
+            "normalization": {"mean": mean, "std": std},
+            "shape": list(raw.train_x.shape[1:]),
+            "seed": cfg.seed,
+            "content_hash": sha256_files(sorted(tmp.glob("*.npy"))),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Build ``out_dir/old`` and ``out_dir/new`` from the configured dataset."""
+    raw = DATASETS.get(cfg.dataset)(cfg)
+    k = len(raw.class_names)
+    for key in ("old_classes", "new_classes"):
+        bad = [c for c in getattr(cfg, key) if c >= k]
+        if bad:
+            raise ParamsError(
+                f"params.yaml: data.{key} = {getattr(cfg, key)} names classes {bad} that "
+                f"{cfg.dataset} does not have; allowed: ids 0..{k - 1}"
+            )
+    old_idx, new_idx = _split_old(raw, cfg), _split_new(raw, cfg)
+    x = raw.train_x[old_idx["train"]].astype(np.float64) / 255.0
+    mean = [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))]
+    std = [round(max(float(v), 1e-6), 6) for v in x.std(axis=(0, 2, 3))]
+    out_dir = Path(out_dir)
+    return {
+        "old": _write_task(out_dir / "old", raw, old_idx, cfg.old_classes, mean, std, cfg),
+        "new": _write_task(out_dir / "new", raw, new_idx, cfg.new_classes, mean, std, cfg),
+    }
+
+
+@dataclass
+class Task:
+    """A prepared task in memory: normalised float images per split, labels, class info."""
+
+    path: Path
+    splits: dict[str, tuple[Tensor, Tensor]]
+    manifest: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.manifest["classes"]]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.manifest["shape"][0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["shape"][-1])
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.manifest["content_hash"])
+
+    def __getitem__(self, split: str) -> tuple[Tensor, Tensor]:
+        return self.splits[split]
+
+
+def load_task(path: str | Path) -> Task:
+    """Load a prepared task folder, normalised with the old task's statistics."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise KdflowError(f"prepared task {path} not found; run the prepare stage first")
+    try:
+        manifest = json.loads(mpath.read_text())
+        norm = manifest["normalization"]
+        mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        splits = {}
+        for split in manifest["per_class"]:
+            x = torch.from_numpy(np.load(path / f"{split}_x.npy", allow_pickle=False))
+            y = torch.from_numpy(np.load(path / f"{split}_y.npy", allow_pickle=False))
+            splits[split] = ((x.float().div_(255.0) - mean) / std, y.long())
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise KdflowError(f"prepared task {path} is damaged ({exc}); re-run prepare") from None
+    return Task(path, splits, manifest)

@@ -1,0 +1,115 @@
+"""Shared fixtures: small real data (scikit-learn digits) and a tiny pipeline repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kdflow.config import DataConfig
+    from kdflow.tasks import prepare
+
+    out = tmp_path_factory.mktemp("digits")
+    prepare(DataConfig(dataset="digits", shots_per_class=20), out)
+    return out
+
+
+def tiny_params() -> dict:
+    """params.yaml for a pipeline run on digits that takes seconds per stage."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(dataset="digits", shots_per_class=20)
+    params["models"]["teacher"].update(width=16, depth=2)
+    params["models"]["student"].update(width=4, depth=2)
+    for section in (
+        params["train"]["teacher"],
+        params["train"]["student"],
+        params["distill"]["train"],
+    ):
+        section.update(epochs=4, batch_size=64)
+    params["transfer"]["train"].update(epochs=6, batch_size=32)
+    params["evaluate"].update(latency_repeats=5, throughput_batch=64)
+    return params
+
+
+def make_repo(dest: Path, params: dict | None = None) -> Path:
+    """A fresh git + DVC repository holding the pipeline, with the given params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "stages"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    # deps of the prepare stage point into src/: link the library sources in
+    (dest / "src").mkdir()
+    shutil.copytree(
+        ROOT / "src" / "kdflow",
+        dest / "src" / "kdflow",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True, env=env)  # noqa: E731
+    run("git", "init", "-q", "-b", "main")
+    run(str(BIN / "dvc"), "init", "-q")
+    run(str(BIN / "dvc"), "config", "core.analytics", "false")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "init")
+    return dest
+
+
+def stage_env(repo: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_stage(repo: Path, *args: str, check: bool = True, timeout: int = 300, **env: str):
+    """Run ``python stages/<args>`` in ``repo`` as a real process."""
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=stage_env(repo, **env),
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny repository on which the full `dvc repro` has run once."""
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    proc = subprocess.run(
+        [str(BIN / "dvc"), "repro"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=stage_env(repo),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return repo

@@ -1,0 +1,129 @@
+"""Datasets and the prepare step on real (small) data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdflow.config import DataConfig
+from kdflow.datasets import DATASETS
+from kdflow.datasets.idx import DEBIAN_FASHION
+from kdflow.errors import KdflowError, ParamsError
+from kdflow.tasks import load_task, prepare
+
+HAS_FASHION = (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file()
+
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_digits_loader_is_offline_and_uint8() -> None:
+    raw = DATASETS.get("digits")(DataConfig(dataset="digits"))
+    assert raw.train_x.dtype == np.uint8 and raw.train_x.shape[1:] == (1, 8, 8)
+    assert len(raw.train_y) + len(raw.test_y) == 1797
+    assert raw.train_x.max() > 200  # rescaled from 0..16
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_files() -> None:
+    raw = DATASETS.get("fashion_mnist")(DataConfig())
+    assert raw.train_x.shape == (60000, 1, 28, 28) and raw.test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(raw.train_y).tolist() == [6000] * 10
+    assert raw.class_names[0] == "T-shirt/top"
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+def test_default_manifest_counts(tmp_path: Path) -> None:
+    m = prepare(DataConfig(), tmp_path)
+    assert m["old"]["per_class"]["train"] == dict.fromkeys(
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"], 5400
+    )
+    assert set(m["old"]["per_class"]["val"].values()) == {600}
+    assert set(m["old"]["per_class"]["test"].values()) == {1000}
+    assert set(m["new"]["per_class"]["train"].values()) == {100}
+    assert set(m["new"]["per_class"]["test"].values()) == {1000}
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(KdflowError, match=r"not found: looked in .*set data.download: true"):
+        DATASETS.get("mnist")(DataConfig(dataset="mnist", root=str(tmp_path)))
+    with pytest.raises(KdflowError, match="not found under"):
+        DATASETS.get("cifar10")(DataConfig(dataset="cifar10", root=str(tmp_path)))
+
+
+def test_prepare_is_deterministic_and_balanced(tmp_path: Path) -> None:
+    cfg = DataConfig(dataset="digits", shots_per_class=20)
+    prepare(cfg, tmp_path / "a")
+    prepare(cfg, tmp_path / "b")
+    for task in ("old", "new"):
+        assert _bytes(tmp_path / "a" / task) == _bytes(tmp_path / "b" / task)
+    manifest = json.loads((tmp_path / "a" / "new" / "manifest.json").read_text())
+    assert set(manifest["per_class"]["train"].values()) == {20}
+    assert [c["id"] for c in manifest["classes"]] == [5, 6, 7, 8, 9]
+    # another seed draws other shots
+    prepare(cfg.model_copy(update={"seed": 1}), tmp_path / "c")
+    assert _bytes(tmp_path / "a" / "new") != _bytes(tmp_path / "c" / "new")
+
+
+def test_new_task_change_leaves_old_task_bytes_identical(tmp_path: Path) -> None:
+    prepare(DataConfig(dataset="digits", shots_per_class=20), tmp_path / "a")
+    prepare(DataConfig(dataset="digits", shots_per_class=5), tmp_path / "b")
+    assert _bytes(tmp_path / "a" / "old") == _bytes(tmp_path / "b" / "old")
+    assert _bytes(tmp_path / "a" / "new") != _bytes(tmp_path / "b" / "new")
+
+
+def test_normalisation_comes_from_old_train_only(digits_dir: Path) -> None:
+    old, new = load_task(digits_dir / "old"), load_task(digits_dir / "new")
+    x, _ = old["train"]
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    assert new.manifest["normalization"] == old.manifest["normalization"]
+    assert old.num_classes == 5 and set(old.splits) == {"train", "val", "test"}
+
+
+def test_too_many_shots_and_unknown_class_ids(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"data.shots_per_class = 500 is more than class 5"):
+        prepare(DataConfig(dataset="digits", shots_per_class=500), tmp_path)
+    with pytest.raises(ParamsError, match=r"data.new_classes .* names classes \[12\]"):
+        prepare(DataConfig(dataset="digits", new_classes=[5, 12]), tmp_path)
+    assert not (tmp_path / "old").exists()
+
+
+def _write_images(root: Path, classes: dict[str, int], size: int = 12) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+
+
+def test_imagefolder(tmp_path: Path) -> None:
+    _write_images(tmp_path / "imgs", {"cat": 10, "dog": 10, "eel": 10, "fox": 10})
+    cfg = DataConfig(
+        dataset="imagefolder",
+        root=str(tmp_path / "imgs"),
+        image_size=16,
+        old_classes=[0, 1],
+        new_classes=[2, 3],
+        shots_per_class=4,
+    )
+    raw = DATASETS.get("imagefolder")(cfg)
+    assert raw.class_names == ["cat", "dog", "eel", "fox"]
+    assert raw.train_x.shape[1:] == (3, 16, 16) and len(raw.train_y) + len(raw.test_y) == 40
+    m = prepare(cfg, tmp_path / "out")
+    assert m["new"]["per_class"]["train"] == {"eel": 4, "fox": 4}
+
+
+def test_imagefolder_empty_or_single_class(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KdflowError, match="no class subfolders"):
+        DATASETS.get("imagefolder")(DataConfig(dataset="imagefolder", root=str(tmp_path / "empty")))
+    _write_images(tmp_path / "one", {"cat": 3})
+    with pytest.raises(KdflowError, match=r"one class \(cat\); at least 2"):
+        DATASETS.get("imagefolder")(DataConfig(dataset="imagefolder", root=str(tmp_path / "one")))

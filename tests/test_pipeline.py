@@ -1,0 +1,98 @@
+"""The real pipeline: `dvc repro` end to end on a tiny repository, then what DVC sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import BIN, stage_env
+
+
+def dvc(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "dvc"), *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=stage_env(repo),
+    )
+
+
+def test_repro_produces_every_output(pipeline_repo: Path) -> None:
+    r = pipeline_repo
+    for path in [
+        "data/prepared/old/manifest.json",
+        "data/prepared/new/manifest.json",
+        "models/teacher.pt",
+        "models/student.pt",
+        "models/distilled.pt",
+        "metrics/teacher.json",
+        "metrics/student.json",
+        "metrics/distill.json",
+        "plots/teacher.csv",
+        "plots/distill.csv",
+        "reports/summary.md",
+        "metrics/evaluate.json",
+    ]:
+        assert (r / path).is_file(), path
+    for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf"):
+        assert (r / "models" / "transfer" / f"{s}.pt").is_file(), s
+        m = json.loads((r / "metrics" / "transfer" / f"{s}.json").read_text())
+        assert 0 <= m["new_task"]["accuracy"] <= 1
+        assert (m["old_task"]["accuracy"] is None) == (s == "scratch")
+    teacher = json.loads((r / "metrics/teacher.json").read_text())
+    assert {"test", "val", "params", "train_seconds"} <= set(teacher)
+    distill = json.loads((r / "metrics/distill.json").read_text())
+    assert {"agreement", "kl_to_teacher", "accuracy"} <= set(distill["test"])
+    assert len((r / "plots/teacher.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_second_repro_has_nothing_to_do(pipeline_repo: Path) -> None:
+    proc = dvc(pipeline_repo, "repro")
+    assert proc.returncode == 0, proc.stderr
+    assert "Running stage" not in proc.stdout
+    assert "up to date" in proc.stdout
+
+
+def test_metrics_show_lists_old_and_new_task_accuracies(pipeline_repo: Path) -> None:
+    proc = dvc(pipeline_repo, "metrics", "show", "--json")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "old_task" in text and "new_task" in text and '"accuracy"' in text
+
+
+def test_shots_change_reruns_prepare_transfer_evaluate_only(pipeline_repo: Path) -> None:
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["data"]["shots_per_class"] = 10
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = dvc(pipeline_repo, "status", "--json")
+    changed = set(json.loads(status.stdout or "{}"))
+    assert "prepare" in changed
+    proc = dvc(pipeline_repo, "repro")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ran = {
+        line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")
+    }
+    assert "prepare" in ran and "evaluate" in ran
+    assert {f"transfer@{s}" for s in ("scratch", "lwf")} <= ran
+    assert not ran & {"train@teacher", "train@student", "distill"}, ran
+    manifest = json.loads((pipeline_repo / "data/prepared/new/manifest.json").read_text())
+    assert set(manifest["per_class"]["train"].values()) == {10}
+
+
+def test_method_change_reruns_distill_and_downstream_only(pipeline_repo: Path) -> None:
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["distill"]["method"] = "dkd"
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = dvc(pipeline_repo, "repro")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ran = {
+        line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")
+    }
+    assert "distill" in ran and "evaluate" in ran
+    assert not ran & {"prepare", "train@teacher", "train@student"}, ran
+    assert json.loads((pipeline_repo / "metrics/distill.json").read_text())["method"] == "dkd"

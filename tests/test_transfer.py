@@ -1,0 +1,88 @@
+"""Transfer strategies: linear probe changes nothing old; LwF forgets less than fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdflow.config import TrainConfig, TransferConfig
+from kdflow.engine import Trainer, predict, seed_everything
+from kdflow.models import build_model
+from kdflow.strategies import STRATEGIES
+from kdflow.tasks import load_task
+from kdflow.transfer import TransferNet
+
+CFG = TrainConfig(epochs=15, batch_size=32, lr=0.01, device="cpu", select="last")
+
+
+@pytest.fixture(scope="module")
+def source(digits_dir: Path) -> torch.nn.Module:
+    old = load_task(digits_dir / "old")
+    seed_everything(0)
+    net = build_model("cnn", 5, 1, 8, width=16, depth=2)
+    Trainer(CFG.model_copy(update={"epochs": 8}), net, old["train"], old["val"]).fit()
+    return net.eval()
+
+
+def _transfer(source: torch.nn.Module, digits_dir: Path, name: str) -> TransferNet:
+    import copy
+
+    new = load_task(digits_dir / "new")
+    seed_everything(0)
+    model = TransferNet(copy.deepcopy(source), new.num_classes)
+    opts = TransferConfig().options_for(name)
+    for phase in STRATEGIES.get(name)(model, opts, new["train"][0]):
+        model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
+        cfg = CFG.model_copy(update={"epochs": max(1, round(CFG.epochs * phase.epoch_fraction))})
+        Trainer(
+            cfg,
+            model,
+            new["train"],
+            None,
+            objective=phase.objective,
+            param_groups=phase.param_groups,
+        ).fit()
+    return model.eval()
+
+
+def _old_acc(model: torch.nn.Module, digits_dir: Path) -> float:
+    x, y = load_task(digits_dir / "old")["test"]
+    return float((predict(model, x).argmax(1) == y).float().mean())
+
+
+def _new_acc(model: torch.nn.Module, digits_dir: Path) -> float:
+    x, y = load_task(digits_dir / "new")["test"]
+    return float((predict(model, x).argmax(1) == y).float().mean())
+
+
+def test_linear_probe_leaves_backbone_and_bn_bit_identical(source, digits_dir: Path) -> None:
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    model = _transfer(source, digits_dir, "linear_probe")
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} moved"
+    assert _old_acc(model.old_task(), digits_dir) == _old_acc(source, digits_dir)
+    assert _new_acc(model, digits_dir) > 0.6
+
+
+def test_lwf_forgets_less_than_finetune(source, digits_dir: Path) -> None:
+    src = _old_acc(source, digits_dir)
+    ft = _old_acc(_transfer(source, digits_dir, "finetune").old_task(), digits_dir)
+    lwf_model = _transfer(source, digits_dir, "lwf")
+    lwf = _old_acc(lwf_model.old_task(), digits_dir)
+    assert lwf > ft + 0.05, (src, ft, lwf)
+    assert _new_acc(lwf_model, digits_dir) > 0.6
+
+
+def test_every_strategy_learns_the_new_task(source, digits_dir: Path) -> None:
+    for name in ("scratch", "lp_ft"):
+        assert _new_acc(_transfer(source, digits_dir, name), digits_dir) > 0.5, name
+
+
+def test_linear_probe_stays_eval_while_training(source) -> None:
+    model = TransferNet(source, 3)
+    model.freeze_backbone(True)
+    model.train()
+    assert not model.net.training and model.new_head.training
+    assert not any(p.requires_grad for p in model.net.parameters())
