@@ -3,6 +3,7 @@ SHELL := /bin/bash
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 VENV := .venv/bin
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: setup run test lint format ui bench clean
 setup:

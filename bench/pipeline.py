@@ -1,5 +1,5 @@
 """Pipeline: wall time of the full default `dvc repro` from a clean clone, and of a no-op one.
-    python bench/pipeline.py
+python bench/pipeline.py
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import save, table  # noqa: E402
+from _util import save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -16,27 +16,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import save, table  # noqa: E402
+from _util import save, table
 
-from kdflow.checkpoint import load_model  # noqa: E402
-from kdflow.distill import DistillObjective, freeze, probe_dims  # noqa: E402
-from kdflow.engine import (  # noqa: E402
+from kdflow.checkpoint import load_model
+from kdflow.config import load_params
+from kdflow.distill import DistillObjective, freeze, probe_dims
+from kdflow.engine import (
     Trainer,
     agreement_metrics,
     classification_metrics,
     predict,
     seed_everything,
 )
-from kdflow.config import load_params  # noqa: E402
-from kdflow.losses import LOSSES  # noqa: E402
-from kdflow.models import build_model  # noqa: E402
-from kdflow.tasks import load_task  # noqa: E402
+from kdflow.losses import LOSSES
+from kdflow.models import build_model
+from kdflow.tasks import load_task
 
 
-def run_student(params, task, teacher, method: str | None, seed: int, cached) -> dict[str, float]:  # noqa: ANN001
+def run_student(params, task, teacher, method: str | None, seed: int, cached) -> dict[str, float]:
     s = params.models.student
     seed_everything(seed)
-    model = build_model(s.arch, task.num_classes, task.in_channels, task.image_size, s.width, s.depth)
+    model = build_model(
+        s.arch, task.num_classes, task.in_channels, task.image_size, s.width, s.depth
+    )
     if method is None:
         cfg, objective = params.train.student, None
     else:
@@ -83,7 +85,9 @@ def main() -> None:
             print(f"{name} seed {seed}: acc {r['accuracy']:.4f} agree {r['agreement']:.4f} "
                   f"({r['seconds']:.0f}s)", flush=True)  # fmt: skip
     alone = statistics.mean(r["accuracy"] for r in results["alone"])
-    rows = [{"model": "teacher", "accuracy": f"{t_acc:.4f}", "agreement": "1", "gap recovered": "100%"}]
+    rows = [
+        {"model": "teacher", "accuracy": f"{t_acc:.4f}", "agreement": "1", "gap recovered": "100%"}
+    ]
     for name, rs in results.items():
         acc = [r["accuracy"] for r in rs]
         agr = [r["agreement"] for r in rs]

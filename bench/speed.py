@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import median, save, table  # noqa: E402
+from _util import median, save, table
 
-from kdflow.config import DistillConfig, TrainConfig, load_params  # noqa: E402
-from kdflow.distill import DistillObjective, freeze  # noqa: E402
-from kdflow.engine import Trainer, predict, seed_everything  # noqa: E402
-from kdflow.losses import LOSSES  # noqa: E402
-from kdflow.models import build_model  # noqa: E402
-from kdflow.tasks import load_task  # noqa: E402
+from kdflow.config import DistillConfig, TrainConfig, load_params
+from kdflow.distill import DistillObjective, freeze
+from kdflow.engine import Trainer, predict, seed_everything
+from kdflow.losses import LOSSES
+from kdflow.models import build_model
+from kdflow.tasks import load_task
 
 
 def bare_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> float:
@@ -42,7 +42,7 @@ def bare_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     return time.perf_counter() - t0
 
 
-def trainer_epoch(model: torch.nn.Module, data, cfg: TrainConfig, objective=None) -> float:  # noqa: ANN001
+def trainer_epoch(model: torch.nn.Module, data, cfg: TrainConfig, objective=None) -> float:
     """One epoch of the Trainer (no validation, no checkpoint: the loop itself)."""
     trainer = Trainer(cfg.model_copy(update={"epochs": 1}), model, data, None, objective=objective)
     with contextlib.redirect_stderr(io.StringIO()):
@@ -66,7 +66,9 @@ def main() -> None:
     for role in ("teacher", "student"):
         m = getattr(params.models, role)
         seed_everything(0)
-        models[role] = build_model(m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth)
+        models[role] = build_model(
+            m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth
+        )
     teacher = freeze(build_model(params.models.teacher.arch, task.num_classes, task.in_channels,
                                  task.image_size, params.models.teacher.width, params.models.teacher.depth))  # fmt: skip
     cached = predict(teacher, x)
@@ -81,7 +83,9 @@ def main() -> None:
             times["trainer"].append(trainer_epoch(models[role], (x, y), cfg))
             if role == "student":
                 times["distill_cached"].append(
-                    trainer_epoch(models[role], (x, y), cfg, DistillObjective(kd, [teacher], cached))
+                    trainer_epoch(
+                        models[role], (x, y), cfg, DistillObjective(kd, [teacher], cached)
+                    )
                 )
                 times["distill_online"].append(
                     trainer_epoch(models[role], (x, y), cfg, DistillObjective(kd, [teacher]))

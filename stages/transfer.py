@@ -75,7 +75,7 @@ def main() -> None:
             offset = len(history)
 
             def extra(m, epoch: int, _last=epochs - 1) -> dict[str, float]:
-                if (epoch + 1) % 5 and epoch != _last:
+                if (epoch + 1) % 10 and epoch != _last:
                     return {}
                 return {
                     "test_accuracy": classification_metrics(predict(m, x_new), y_new)["accuracy"]

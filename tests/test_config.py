@@ -27,6 +27,11 @@ def test_params_yaml_is_valid_and_spells_out_every_default() -> None:
         schema = LOSSES.schema(name)
         if schema is not None:
             assert set(raw["distill"]["methods"][name]) == set(schema.model_fields), name
+    # the schema's defaults are the ones written in params.yaml
+    free = {"methods", "options"}
+    assert params.model_dump(exclude={"distill": free, "transfer": free}) == Params().model_dump(
+        exclude={"distill": free, "transfer": free}
+    )
     assert params.data.shots_per_class == 100
     assert params.distill.method == "kd"
 

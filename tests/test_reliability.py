@@ -155,9 +155,11 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "setup", "argv", "needles", "code"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("case", "setup", "argv", "needles", "code"), CASES, ids=[c[0] for c in CASES]
+)
 def test_bad_input_one_line_no_damage(
-    ready_repo: Path, tmp_path: Path, case: str, setup, argv, needles, code  # noqa: ANN001
+    ready_repo: Path, tmp_path: Path, case: str, setup, argv, needles, code
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(ready_repo, repo, symlinks=True)
@@ -221,7 +223,9 @@ def _same_result(a: Path, b: Path, model: str, metrics: str) -> None:
     def strip(m: dict) -> dict:
         return {k: v for k, v in m.items() if k not in ("train_seconds",)}
 
-    assert strip(json.loads((a / metrics).read_text())) == strip(json.loads((b / metrics).read_text()))
+    assert strip(json.loads((a / metrics).read_text())) == strip(
+        json.loads((b / metrics).read_text())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +247,9 @@ def slow_repos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ],
     ids=["train", "distill", "transfer"],
 )  # fmt: skip
-def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(slow_repos, argv, ckpt, model, metrics) -> None:  # noqa: ANN001
+def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(
+    slow_repos, argv, ckpt, model, metrics
+) -> None:
     clean, killed = slow_repos
     if argv[0] != "stages/train.py":  # later stages need the student and teacher of each repo
         for role in ("student",):

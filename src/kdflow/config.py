@@ -131,19 +131,19 @@ class ModelsConfig(Section):
 
 
 class TrainStages(Section):
-    teacher: TrainConfig = TrainConfig()
-    student: TrainConfig = TrainConfig()
+    teacher: TrainConfig = TrainConfig(epochs=10, lr=0.003)
+    student: TrainConfig = TrainConfig(epochs=6, lr=0.01)
 
 
 class DistillConfig(Section):
     method: str = "kd"
     init: Literal["scratch", "student"] = "scratch"
-    temperature: float = Field(4.0, gt=0.0, le=1000.0)
+    temperature: float = Field(1.0, gt=0.0, le=1000.0)
     alpha: float = Field(0.9, ge=0.0, le=1.0)
     cache_teacher: bool = True
     extra_teachers: list[str] = Field(default_factory=list)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = TrainConfig(epochs=6, lr=0.01)
 
     @field_validator("method")
     @classmethod
@@ -172,7 +172,7 @@ class TransferConfig(Section):
         min_length=1,
     )
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig(epochs=30, batch_size=64)
+    train: TrainConfig = TrainConfig(epochs=30, batch_size=64, lr=0.01, select="last")
 
     @field_validator("strategies")
     @classmethod
@@ -201,7 +201,7 @@ class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=2, le=100)
     latency_repeats: int = Field(30, ge=3)
     throughput_batch: int = Field(256, ge=1)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(1, ge=1)
     onnx: bool = True
 
 

@@ -76,11 +76,13 @@ def barrier() -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed, same numbers on CPU."""
+    """Same seed, same numbers on CPU (its kernels are deterministic at a fixed thread count).
+
+    On CUDA, speed wins: cuDNN picks the fastest kernels, which may vary run to run.
+    """
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = True
 
 
 # --------------------------------------------------------------------------- data
@@ -280,7 +282,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         init_distributed(self.device)
         self.model = model.to(self.device)
-        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        self.channels_last = cfg.channels_last  # oneDNN convolutions are faster this way on CPU too
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp = cfg.amp and self.device.type == "cuda"

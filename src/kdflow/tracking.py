@@ -216,6 +216,7 @@ class Tracker:
             registered_model_name=reg,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             code_paths=[str(Path(kdflow.__file__).parent)],
+            export_model=False,
         )
         if reg and info.registered_model_version is not None:
             client = mlflow.MlflowClient()
