@@ -43,8 +43,10 @@ def main() -> None:
     cfg, scfg, tcfg = params.distill, params.models.student, params.distill.train
     task = load_task(args.data)
     teacher_paths = [args.teacher, *cfg.extra_teachers]
+    device = resolve_device(tcfg.device)
     teachers = [
-        freeze(load_model(p, "teacher", expect_classes=task.num_classes)[0]) for p in teacher_paths
+        freeze(load_model(p, "teacher", expect_classes=task.num_classes)[0].to(device))
+        for p in teacher_paths
     ]
     hashes = [sha256_file(p) for p in teacher_paths]
     prepare_outputs(args.out, "metrics/distill.json", "plots/distill.csv")
@@ -62,6 +64,7 @@ def main() -> None:
         enabled=is_main(),
     ).preflight()
     seed_everything(tcfg.seed)
+    init_hash = sha256_file("models/student.pt") if cfg.init == "student" else None
     if cfg.init == "student":
         model, _ = load_model("models/student.pt", "student", model_spec(scfg), task.num_classes)
     else:
@@ -70,15 +73,14 @@ def main() -> None:
         )
     probe = task["train"][0][:2]
     loss = LOSSES.get(cfg.method)(cfg, probe_dims(model, probe), probe_dims(teachers[0], probe))
-    device = resolve_device(tcfg.device)
     use_cache = cfg.cache_teacher and not tcfg.augment and not loss.needs_features
     cached = None
     if use_cache:
         key = cache_key(hashes, task.content_hash)
-        cached = cached_teacher_logits(teachers, task["train"][0], key, "cache", device)
+        cached = cached_teacher_logits(teachers, task["train"][0], key, "cache")
     objective = DistillObjective(loss, teachers, cached)
     x_test, y_test = task["test"]
-    teacher_test = ensemble_logits(teachers, x_test, device)
+    teacher_test = ensemble_logits(teachers, x_test)
 
     def extra(m, epoch: int) -> dict[str, float]:
         logits = predict(m, x_test)
@@ -96,7 +98,9 @@ def main() -> None:
             task["val"],
             objective=objective,
             ckpt_dir="checkpoints/distill",
-            fingerprint=fingerprint(cfg.model_dump(), scfg.model_dump(), hashes, task.content_hash),
+            fingerprint=fingerprint(
+                cfg.model_dump(), scfg.model_dump(), hashes, task.content_hash, init_hash
+            ),
             name="distill",
             extra_metrics=extra,
             on_epoch=tracker.log_metrics,

@@ -9,7 +9,7 @@ from kdflow.config import flatten, load_params
 from kdflow.engine import Trainer, classification_metrics, is_main, predict, seed_everything
 from kdflow.errors import ParamsError, run_main
 from kdflow.io import sha256_file
-from kdflow.models import build_model
+from kdflow.models import build_model, count_params
 from kdflow.runner import fingerprint, prepare_outputs, write_stage_outputs
 from kdflow.strategies import STRATEGIES
 from kdflow.tasks import load_task
@@ -72,6 +72,8 @@ def main() -> None:
             epochs = max(1, round(cfg.train.epochs * phase.epoch_fraction))
             pcfg = cfg.train.model_copy(update={"epochs": epochs})
             model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
+            if phase.objective is not None:
+                phase.objective.label_smoothing = pcfg.label_smoothing
             offset = len(history)
 
             def extra(m, epoch: int, _last=epochs - 1) -> dict[str, float]:
@@ -117,7 +119,7 @@ def main() -> None:
             "strategy": name,
             "source": cfg.source,
             "from_scratch": from_scratch,
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": count_params(model),
             "train_seconds": round(sum(h["epoch_seconds"] for h in history), 3),
             "new_task": new_metrics,
             "old_task": {

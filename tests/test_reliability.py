@@ -115,7 +115,7 @@ def dead_tracking_server(repo: Path) -> None:
 
 
 def diverging_lr(repo: Path) -> None:
-    set_param("train.student.lr", 100.0)(repo)
+    set_param("train.student.lr", 1e30)(repo)
     set_param("train.student.optimizer", "sgd")(repo)
     set_param("train.student.schedule", "constant")(repo)
 

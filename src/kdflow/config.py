@@ -102,7 +102,7 @@ class TrainConfig(Section):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(3e-3, gt=0.0, le=100.0)
+    lr: float = Field(3e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     schedule: Literal["cosine", "onecycle", "multistep", "constant"] = "cosine"
@@ -155,6 +155,15 @@ class DistillConfig(Section):
     def _methods(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return _check_options("kdflow.losses.LOSSES", "distill.methods", v)
 
+    @model_validator(mode="after")
+    def _no_smoothing(self) -> DistillConfig:
+        if self.train.label_smoothing:
+            raise ValueError(
+                "train.label_smoothing must be 0 for distillation: the teacher's soft targets "
+                "already smooth the labels"
+            )
+        return self
+
     def options(self) -> dict[str, Any]:
         """The chosen method's options with defaults filled in."""
         from kdflow.losses import LOSSES
@@ -187,6 +196,15 @@ class TransferConfig(Section):
     @classmethod
     def _options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return _check_options("kdflow.strategies.STRATEGIES", "transfer.options", v)
+
+    @model_validator(mode="after")
+    def _lwf_without_augment(self) -> TransferConfig:
+        if "lwf" in self.strategies and self.train.augment:
+            raise ValueError(
+                "train.augment must be false with lwf: its old-task targets are recorded on "
+                "un-augmented images"
+            )
+        return self
 
     def options_for(self, name: str) -> dict[str, Any]:
         from kdflow.strategies import STRATEGIES

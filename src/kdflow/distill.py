@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from kdflow.engine import Objective, predict
+from kdflow.errors import KdflowError
 from kdflow.io import atomic_torch_save, safe_load
 from kdflow.losses._base import DistillLoss
 from kdflow.outputs import Outputs
@@ -33,6 +34,7 @@ def probe_dims(model: nn.Module, x: Tensor) -> list[tuple[int, ...]]:
     """Feature shapes of each stage, found with an eval-mode forward (BN stats untouched)."""
     was = model.training
     model.eval()
+    x = x.to(next(model.parameters()).device)
     dims = [tuple(f.shape[1:]) for f in model.forward_all(x).features]
     model.train(was)
     return dims
@@ -43,12 +45,12 @@ def cache_key(teacher_hashes: list[str], data_hash: str) -> str:
     return hashlib.sha256("|".join([*teacher_hashes, data_hash]).encode()).hexdigest()[:20]
 
 
-def ensemble_logits(teachers: list[nn.Module], x: Tensor, device: torch.device) -> Tensor:
-    return torch.stack([predict(t, x, device=device) for t in teachers]).mean(0)
+def ensemble_logits(teachers: list[nn.Module], x: Tensor) -> Tensor:
+    return torch.stack([predict(t, x) for t in teachers]).mean(0)
 
 
 def cached_teacher_logits(
-    teachers: list[nn.Module], x: Tensor, key: str, cache_dir: str | Path, device: torch.device
+    teachers: list[nn.Module], x: Tensor, key: str, cache_dir: str | Path
 ) -> Tensor:
     """Teacher logits for every training image, computed once and kept on disk by key."""
     path = Path(cache_dir) / f"teacher_logits_{key}.pt"
@@ -57,9 +59,9 @@ def cached_teacher_logits(
             logits = safe_load(path, "teacher cache")["logits"]
             if logits.shape[0] == len(x):
                 return logits
-        except Exception:
+        except (KdflowError, KeyError):  # a damaged cache is simply recomputed
             pass
-    logits = ensemble_logits(teachers, x, device)
+    logits = ensemble_logits(teachers, x)
     atomic_torch_save(path, {"logits": logits, "key": key})
     return logits
 

@@ -7,14 +7,13 @@ The Trainer knows nothing of distillation or transfer: a stage hands it an ``Obj
 from __future__ import annotations
 
 import atexit
-import copy
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,10 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank; before the group is joined, what torchrun put in RANK."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
@@ -145,11 +147,9 @@ def make_loader(
 
 
 @torch.inference_mode()
-def predict(
-    model: nn.Module, x: Tensor, batch_size: int = 1024, device: torch.device | None = None
-) -> Tensor:
-    """Logits for all of ``x`` in eval mode (CPU result)."""
-    device = device or next(model.parameters()).device
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Logits for all of ``x`` in eval mode, on the model's device (CPU result)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = [
@@ -211,7 +211,6 @@ class FitResult:
     best_epoch: int
     seconds: float
     resumed_from: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -296,9 +295,10 @@ class Trainer:
         self.loader, self.set_epoch = make_loader(self.train_data, cfg.batch_size, cfg.seed)
         self.steps_per_epoch = len(self.loader)
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        extra = [p for p in self.objective.parameters() if p.requires_grad]
-        if extra:
-            groups = [*groups, {"params": extra}]
+        # parameters of the loss itself (a FitNets regressor): optimised, synced under DDP
+        self.extra_params = [p for p in self.objective.parameters() if p.requires_grad]
+        if self.extra_params:
+            groups = [*groups, {"params": self.extra_params}]
         self.optimizer, self.scheduler = build_optimizer(
             cfg, groups, cfg.epochs * self.steps_per_epoch
         )
@@ -356,7 +356,8 @@ class Trainer:
         # Augmentation draws from the global generator: seed it per epoch, so resuming at
         # an epoch boundary replays exactly what an uninterrupted run would have done.
         torch.manual_seed(self.cfg.seed * 100_003 + epoch)
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # no fp64 on MPS
+        totals = torch.zeros(3, dtype=acc_dtype, device=self.device)
         parts_sum: dict[str, float] = {}
         bar = None
         if is_main() and sys.stderr.isatty():
@@ -379,23 +380,34 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with amp_ctx:
                 loss, logits, parts = self.objective(self.ddp_model, x, y, idx, epoch)
-            if not torch.isfinite(loss):
+            bad = (~torch.isfinite(loss.detach())).float()
+            if dist.is_initialized():  # every rank stops together, none waits forever
+                dist.all_reduce(bad)
+            if bad.item():
                 raise KdflowError(
                     f"[{self.name}] loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
                     "training diverged; lower the learning rate (lr) or set grad_clip"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.extra_params and dist.is_initialized():  # e.g. a FitNets regressor
+                for p in self.extra_params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= dist.get_world_size()
             if self.cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]],
+                    self.cfg.grad_clip,
+                )
             self.optimizer.step()
             self.scheduler.step()
             n = y.numel()
             totals += torch.stack(
                 [
-                    loss.detach().double() * n,
-                    (logits.argmax(1) == y).sum().double(),
-                    torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                    loss.detach().to(acc_dtype) * n,
+                    (logits.argmax(1) == y).sum().to(acc_dtype),
+                    torch.tensor(float(n), dtype=acc_dtype, device=self.device),
                 ]
             )
             for k, v in parts.items():
@@ -472,7 +484,3 @@ class Trainer:
         barrier()
         if self.ckpt is not None and is_main():
             self.ckpt.unlink(missing_ok=True)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

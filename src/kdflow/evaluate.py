@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from kdflow.engine import agreement_metrics, predict
 from kdflow.errors import KdflowError
 from kdflow.io import atomic_write_bytes, ensure_dir
+from kdflow.models import count_params
 
 # --------------------------------------------------------------------------- quality
 
@@ -117,10 +118,6 @@ def set_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def flops_per_image(model: nn.Module, example: Tensor) -> int:

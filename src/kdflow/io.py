@@ -115,7 +115,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         if path.exists():
             path.rename(old)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if old.exists() and not path.exists():
+                old.rename(path)  # never leave neither version behind
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -15,6 +15,7 @@ from torch import nn
 from kdflow.checkpoint import save_model
 from kdflow.engine import FitResult, is_main
 from kdflow.io import atomic_write_json, atomic_write_text, clean_stale_tmp, ensure_dir
+from kdflow.models import count_params
 
 
 def prepare_outputs(*paths: str | Path) -> None:
@@ -45,7 +46,7 @@ def train_summary(result: FitResult, model: nn.Module) -> dict[str, Any]:
     last = result.history[-1] if result.history else {}
     best = result.history[result.best_epoch] if result.history else {}
     return {
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": count_params(model),
         "train_seconds": round(sum(h["epoch_seconds"] for h in result.history), 3),
         "epochs": len(result.history),
         "best_epoch": result.best_epoch + 1,

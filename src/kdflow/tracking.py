@@ -7,6 +7,7 @@ signature and registered under an alias.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import socket
@@ -145,9 +146,11 @@ class Tracker:
             if self.uri.startswith("sqlite:"):  # artifacts beside the database
                 db = Path(self.uri.removeprefix("sqlite:///"))
                 location = (db.resolve().parent / "mlartifacts").as_uri()
-            self._call(
-                "create the experiment", mlflow.create_experiment, self.cfg.experiment, location
-            )
+            try:
+                mlflow.create_experiment(self.cfg.experiment, location)
+            except MlflowException:  # another stage created it meanwhile: use that one
+                if mlflow.get_experiment_by_name(self.cfg.experiment) is None:
+                    raise
         self._call("set the experiment", mlflow.set_experiment, self.cfg.experiment)
         git = git_state()
         tags = {
@@ -164,7 +167,11 @@ class Tracker:
         run = self._call("start a run", mlflow.start_run, run_name=self.stage, tags=tags)
         self.run_id = run.info.run_id
         params = {k: str(v)[:6000] for k, v in self.params.items()}
-        self._call("log params", mlflow.log_params, params)
+        try:
+            self._call("log params", mlflow.log_params, params)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(
@@ -172,7 +179,10 @@ class Tracker:
     ) -> None:
         if self.enabled and self.run_id is not None:
             try:
-                mlflow.end_run("FINISHED" if et is None else "FAILED")
+                status = "FINISHED" if et is None else "FAILED"
+                if et is not None and issubclass(et, KeyboardInterrupt):
+                    status = "KILLED"
+                mlflow.end_run(status)
             except (MlflowException, OSError):
                 if et is None:
                     raise
@@ -199,13 +209,14 @@ class Tracker:
             return None
         from mlflow.models import infer_signature
 
-        import kdflow
-
-        model = model.cpu().eval()
+        model = copy.deepcopy(model).cpu().eval()
+        if example.shape[0] < 2:  # a batch of 2 lets torch.export keep the batch axis dynamic
+            example = torch.cat([example, example])
         with torch.no_grad():
             out = model(example)
         signature = infer_signature(example.numpy(), out.numpy())
         reg = registered_name if self.cfg.register_models else None
+        # "pt2" (torch.export) needs no pickle to load: nothing unsafe, no kdflow import needed.
         info = self._call(
             "log the model",
             mlflow.pytorch.log_model,
@@ -215,8 +226,7 @@ class Tracker:
             input_example=example.numpy(),
             registered_model_name=reg,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            code_paths=[str(Path(kdflow.__file__).parent)],
-            export_model=False,
+            serialization_format="pt2",
         )
         if reg and info.registered_model_version is not None:
             client = mlflow.MlflowClient()

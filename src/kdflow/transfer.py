@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,7 +59,7 @@ class Phase:
     name: str
     epoch_fraction: float
     param_groups: list[dict[str, Any]]
-    objective: Objective = field(default_factory=Objective)
+    objective: Objective | None = None  # None: cross-entropy (with train.label_smoothing)
     freeze_backbone: bool = False
     uses_old_head: bool = False  # only LwF trains the old head; others leave it untouched
 
@@ -76,8 +76,10 @@ def finetune_groups(model: TransferNet, backbone_lr_mult: float) -> list[dict[st
 class LwFObjective(Objective):
     """Li & Hoiem: new-task CE + lambda * T^2 * KL(recorded old outputs || old head now)."""
 
-    def __init__(self, recorded: Tensor, lambda_old: float, temperature: float) -> None:
-        super().__init__()
+    def __init__(
+        self, recorded: Tensor, lambda_old: float, temperature: float, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__(label_smoothing)
         self.register_buffer("recorded", recorded, persistent=False)
         self.lambda_old = lambda_old
         self.temperature = temperature
@@ -86,7 +88,7 @@ class LwFObjective(Objective):
         self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, epoch: int
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         out = model(x, with_features=True)
-        new = F.cross_entropy(out.logits, y)
+        new = F.cross_entropy(out.logits, y, label_smoothing=self.label_smoothing)
         t = self.temperature
         old = (
             F.kl_div(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,18 +31,5 @@ def kl_div_t(student_logits: Tensor, teacher_logits: Tensor, temperature: float)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
 
-def feature_dims(features: list[Tensor]) -> list[tuple[int, ...]]:
-    """Shapes (without batch) of a list of feature maps, for building regressors."""
-    return [tuple(f.shape[1:]) for f in features]
-
-
 def ce(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target)
-
-
-def pick(features: list[Tensor], index: int) -> Tensor:
-    return features[index]
-
-
-def zero_like(t: Tensor) -> Tensor:
-    return torch.zeros((), device=t.device, dtype=t.dtype)
