@@ -93,7 +93,15 @@ def main() -> None:
                 )
         raw[role] = times
         med = {k: median(v) for k, v in times.items()}
-        rows.append({"model": role, "loop": "bare PyTorch", "img/s": round(n / med["bare"]), "ratio": 1.0, "epoch_cost_vs_alone": ""})
+        rows.append(
+            {
+                "model": role,
+                "loop": "bare PyTorch",
+                "img/s": round(n / med["bare"]),
+                "ratio": 1.0,
+                "epoch_cost_vs_alone": "",
+            }
+        )
         rows.append({"model": role, "loop": "kdflow Trainer", "img/s": round(n / med["trainer"]),
                      "ratio": med["bare"] / med["trainer"], "epoch_cost_vs_alone": ""})  # fmt: skip
         if role == "student":
