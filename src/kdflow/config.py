@@ -263,6 +263,8 @@ def _format_error(exc: ValidationError, prefix: str = "") -> str:
         return f"params.yaml: unknown key {key} (value {value!r}){hint}"
     if err["type"] == "missing":
         return f"params.yaml: missing key {key}"
+    if isinstance(value, dict):  # a rule across keys of a section: the message names them
+        return f"params.yaml: {key}: {msg}"
     return f"params.yaml: {key} = {value!r} is not allowed: {msg}"
 
 
