@@ -21,16 +21,12 @@ from _util import save, table
 
 from kdflow.config import DataConfig, DistillConfig, TrainConfig
 from kdflow.distill import DistillObjective, freeze
-from kdflow.engine import (
-    Trainer,
-    agreement_metrics,
-    classification_metrics,
-    predict,
-    seed_everything,
-)
+from kdflow.distributed import seed_everything
 from kdflow.losses import LOSSES
+from kdflow.metrics import agreement_metrics, classification_metrics, predict
 from kdflow.models import build_model
 from kdflow.tasks import load_task, prepare
+from kdflow.trainer import Trainer
 
 
 def speed(arch: str, task, device: str, amp: bool, steps: int, batch: int) -> float:

@@ -21,16 +21,12 @@ from _util import save, table
 from kdflow.checkpoint import load_model
 from kdflow.config import load_params
 from kdflow.distill import DistillObjective, freeze, probe_dims
-from kdflow.engine import (
-    Trainer,
-    agreement_metrics,
-    classification_metrics,
-    predict,
-    seed_everything,
-)
+from kdflow.distributed import seed_everything
 from kdflow.losses import LOSSES
+from kdflow.metrics import agreement_metrics, classification_metrics, predict
 from kdflow.models import build_model
 from kdflow.tasks import load_task
+from kdflow.trainer import Trainer
 
 
 def run_student(params, task, teacher, method: str | None, seed: int, cached) -> dict[str, float]:

@@ -21,10 +21,12 @@ from _util import median, save, table
 
 from kdflow.config import DistillConfig, TrainConfig, load_params
 from kdflow.distill import DistillObjective, freeze
-from kdflow.engine import Trainer, predict, seed_everything
+from kdflow.distributed import seed_everything
 from kdflow.losses import LOSSES
+from kdflow.metrics import predict
 from kdflow.models import build_model
 from kdflow.tasks import load_task
+from kdflow.trainer import Trainer
 
 
 def bare_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> float:

@@ -12,8 +12,8 @@ from kdflow.tasks import prepare
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", default="data/prepared")
+    ap.add_argument("--params", required=True)
+    ap.add_argument("--out", required=True, help="folder for old/ and new/")
     args = ap.parse_args()
     params = load_params(args.params)
     manifests = prepare(params.data, args.out)

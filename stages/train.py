@@ -5,65 +5,49 @@ from __future__ import annotations
 import argparse
 
 from kdflow.checkpoint import model_meta
-from kdflow.config import flatten, load_params
-from kdflow.engine import Trainer, classification_metrics, is_main, predict, seed_everything
+from kdflow.config import load_params
+from kdflow.distributed import is_main
 from kdflow.errors import run_main
+from kdflow.metrics import classification_metrics, predict
 from kdflow.models import build_model, model_spec
-from kdflow.runner import fingerprint, prepare_outputs, train_summary, write_stage_outputs
+from kdflow.stage import StagePaths, TrainingStage, fingerprint, train_summary
 from kdflow.tasks import load_task
-from kdflow.tracking import Tracker
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("role", choices=["teacher", "student"])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", default="data/prepared/old")
+    ap.add_argument("--data", required=True, help="prepared old task")
+    StagePaths.add_arguments(ap)
     args = ap.parse_args()
-    role = args.role
-    params = load_params(args.params)
+    role, params = args.role, load_params(args.params)
     mcfg, tcfg = getattr(params.models, role), getattr(params.train, role)
     task = load_task(args.data)
-    prepare_outputs(f"models/{role}.pt", f"metrics/{role}.json", f"plots/{role}.csv")
-    tracker = Tracker(
-        params.tracking,
-        f"train_{role}",
-        flatten({"model": mcfg, "train": tcfg, "data": params.data}),
+    logged = {"model": mcfg, "train": tcfg, "data": params.data}
+    stage = TrainingStage(
+        f"train@{role}",
+        params,
+        StagePaths.from_args(args),
+        logged,
         {"data_old": task.content_hash},
-        enabled=is_main(),
-    ).preflight()
-    seed_everything(tcfg.seed)
+        tcfg.seed,
+    )
     model = build_model(
         mcfg.arch, task.num_classes, task.in_channels, task.image_size, mcfg.width, mcfg.depth
     )
-    with tracker:
-        trainer = Trainer(
+    with stage:
+        result = stage.fit(
             tcfg,
             model,
             task["train"],
             task["val"],
-            ckpt_dir=f"checkpoints/{role}",
-            fingerprint=fingerprint(mcfg.model_dump(), tcfg.model_dump(), task.content_hash),
             name=role,
-            on_epoch=tracker.log_metrics,
+            fingerprint=fingerprint(mcfg.model_dump(), tcfg.model_dump(), task.content_hash),
         )
-        result = trainer.fit()
-        model = trainer.model
         metrics = train_summary(result, model)
         metrics["test"] = classification_metrics(predict(model, task["test"][0]), task["test"][1])
-        write_stage_outputs(
-            model=model,
-            meta=model_meta(model_spec(mcfg), task, role=role),
-            model_path=f"models/{role}.pt",
-            metrics=metrics,
-            metrics_path=f"metrics/{role}.json",
-            history=result.history,
-            plots_path=f"plots/{role}.csv",
-            tracker=tracker,
-            registered_name=f"kdflow-{role}",
-            example=task["test"][0][:1],
-        )
-        trainer.finish()
+        meta = model_meta(model_spec(mcfg), task, role=role)
+        stage.save(model, meta, metrics, f"kdflow-{role}", task["test"][0][:1])
     if is_main():
         print(
             f"[{role}] test accuracy {metrics['test']['accuracy']:.4f}, "

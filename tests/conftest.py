@@ -84,8 +84,34 @@ def stage_env(repo: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def stage_argv(repo: Path, script: str, *rest: str) -> list[str]:
+    """The arguments dvc.yaml gives ``script`` (with ``rest[0]`` as a foreach item).
+
+    Tests run stages exactly as DVC would, paths included, without going through DVC.
+    """
+    import shlex
+
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    name = Path(script).stem
+    stage = spec["stages"][name]
+    cmd, extra = (
+        (stage["do"]["cmd"], list(rest[1:])) if "do" in stage else (stage["cmd"], list(rest))
+    )
+    if "do" in stage:
+        cmd = cmd.replace("${item}", rest[0])
+    for block in spec.get("vars", []):
+        for key, value in block.items():
+            cmd = cmd.replace("${" + key + "}", str(value))
+    cmd = cmd.replace("${transfer.source}", params["transfer"]["source"])
+    assert "${" not in cmd, cmd
+    return shlex.split(cmd)[1:] + extra
+
+
 def run_stage(repo: Path, *args: str, check: bool = True, timeout: int = 300, **env: str):
-    """Run ``python stages/<args>`` in ``repo`` as a real process."""
+    """Run ``python stages/<args>`` in ``repo`` as a real process, with dvc.yaml's paths."""
+    if args and args[0].startswith("stages/"):
+        args = tuple(stage_argv(repo, *args))
     proc = subprocess.run(
         [sys.executable, *args],
         cwd=repo,

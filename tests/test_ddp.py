@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import BIN, make_repo, run_stage, stage_env, tiny_params
+from tests.conftest import BIN, make_repo, run_stage, stage_argv, stage_env, tiny_params
 
 # Two ranks see different shards in a different order, so the runs are not bit-equal; the
 # stated tolerance is 3 points of test accuracy on digits' 5-class old task.
@@ -30,7 +30,12 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     run_stage(single, "stages/train.py", "student")
     ddp = _repo(tmp_path, "ddp", 32)  # 2 ranks x 32 = the same global batch
     proc = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "stages/train.py", "student"],
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            *stage_argv(ddp, "stages/train.py", "student"),
+        ],
         cwd=ddp,
         capture_output=True,
         text=True,

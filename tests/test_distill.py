@@ -8,10 +8,12 @@ import torch
 
 from kdflow.config import DistillConfig, TrainConfig
 from kdflow.distill import DistillObjective, cache_key, cached_teacher_logits, freeze
-from kdflow.engine import Trainer, agreement_metrics, predict, seed_everything
+from kdflow.distributed import seed_everything
 from kdflow.losses import LOSSES
+from kdflow.metrics import agreement_metrics, predict
 from kdflow.models import build_model
 from kdflow.tasks import load_task
+from kdflow.trainer import Trainer
 
 CFG = TrainConfig(epochs=20, batch_size=32, lr=0.01, device="cpu")
 

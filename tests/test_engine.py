@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from kdflow.config import TrainConfig
-from kdflow.engine import Trainer, predict, seed_everything
+from kdflow.distributed import seed_everything
 from kdflow.errors import KdflowError
+from kdflow.metrics import predict
 from kdflow.models import MODELS, build_model, count_params
 from kdflow.tasks import load_task
+from kdflow.trainer import Trainer
 
 CFG = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 

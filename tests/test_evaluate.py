@@ -19,13 +19,14 @@ import torch
 import yaml
 from torch import nn
 
-from kdflow import evaluate as ev
-from kdflow import report
+from kdflow import cost, export, quality, report
 from kdflow.checkpoint import load_model, model_meta, save_model
 from kdflow.config import DataConfig, TrackingConfig, TrainConfig
-from kdflow.engine import Trainer, predict, seed_everything
+from kdflow.distributed import seed_everything
+from kdflow.metrics import predict
 from kdflow.models import build_model
 from kdflow.tasks import Task, load_task, prepare
+from kdflow.trainer import Trainer
 from kdflow.transfer import TransferNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +113,9 @@ def test_ece_matches_hand_computation() -> None:
     y = torch.tensor(LABELS)
     want = hand_ece(PROBS, LABELS, bins=10)
     assert want > 0.05  # a case where calibration is visibly off
-    assert ev.expected_calibration_error(logits, y, bins=10) == pytest.approx(want, abs=1e-6)
+    assert quality.expected_calibration_error(logits, y, bins=10) == pytest.approx(want, abs=1e-6)
     # the reliability bins are the same decomposition
-    rows = ev.reliability_bins(logits, y, bins=10)
+    rows = quality.reliability_bins(logits, y, bins=10)
     assert sum(r["count"] for r in rows) == len(LABELS)
     from_bins = sum(
         r["count"] / len(LABELS) * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"]
@@ -126,16 +127,16 @@ def test_ece_matches_hand_computation() -> None:
 def test_accuracy_nll_per_class_and_confusion() -> None:
     logits = torch.tensor(PROBS).log()
     y = torch.tensor(LABELS)
-    q = ev.quality_metrics(logits, y, bins=10, teacher_logits=logits)
+    q = quality.quality_metrics(logits, y, bins=10, teacher_logits=logits)
     assert q["accuracy"] == pytest.approx(5 / 8)
     nll = -sum(math.log(p[t]) for p, t in zip(PROBS, LABELS, strict=True)) / len(LABELS)
     assert q["nll"] == pytest.approx(nll, rel=1e-5)
     assert q["agreement"] == 1.0 and q["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
     preds = [row.index(max(row)) for row in PROBS]
-    for c, acc in enumerate(ev.per_class_accuracy(logits, y)):
+    for c, acc in enumerate(quality.per_class_accuracy(logits, y)):
         idx = [i for i, t in enumerate(LABELS) if t == c]
         assert acc == pytest.approx(sum(preds[i] == c for i in idx) / len(idx))
-    cm = ev.confusion_matrix(logits, y)
+    cm = quality.confusion_matrix(logits, y)
     assert int(cm.sum()) == len(LABELS)
     for t, p in zip(LABELS, preds, strict=True):
         assert cm[t, p] >= 1
@@ -147,13 +148,13 @@ def test_accuracy_nll_per_class_and_confusion() -> None:
 
 def test_flops_match_analytic_count() -> None:
     linear = nn.Linear(20, 7)
-    assert ev.flops_per_image(linear, torch.randn(3, 20)) == 2 * 20 * 7
+    assert cost.flops_per_image(linear, torch.randn(3, 20)) == 2 * 20 * 7
     conv = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)
     )
     # conv: each of 4*8*8 outputs takes 3*3*3 multiply-adds; linear: 256*5; 2 FLOPs per MAC
     want = 2 * (4 * 8 * 8) * (3 * 3 * 3) + 2 * (4 * 8 * 8) * 5
-    assert ev.flops_per_image(conv, torch.randn(2, 3, 8, 8)) == want
+    assert cost.flops_per_image(conv, torch.randn(2, 3, 8, 8)) == want
 
 
 def test_cost_metrics_and_ratios(models: dict[str, nn.Module], data: Path, tmp_path: Path) -> None:
@@ -162,14 +163,14 @@ def test_cost_metrics_and_ratios(models: dict[str, nn.Module], data: Path, tmp_p
     for name, m in models.items():
         ckpts[name] = tmp_path / f"{name}.pt"
         torch.save(m.state_dict(), ckpts[name])
-    costs = ev.cost_metrics(models, x, ckpts, repeats=3, throughput_batch=16)
+    costs = cost.cost_metrics(models, x, ckpts, repeats=3, throughput_batch=16)
     for name, row in costs.items():
         assert row["params"] == sum(p.numel() for p in models[name].parameters())
         assert row["size_kb"] == pytest.approx(ckpts[name].stat().st_size / 1024)
         assert row["latency_ms"] > 0 and row["throughput"] > 0
         assert row["threads"] == torch.get_num_threads()
     assert costs["teacher"]["flops"] > costs["student"]["flops"] > 0
-    rel = ev.relative_to(costs["teacher"], costs["student"])
+    rel = cost.relative_to(costs["teacher"], costs["student"])
     assert rel["compression"] == pytest.approx(
         costs["teacher"]["params"] / costs["student"]["params"]
     )
@@ -187,16 +188,16 @@ def test_onnx_and_torchscript_match_pytorch(
     model = models["student"]
     x = load_task(data / "old")["test"][0]
     path = tmp_path / "export" / "student.onnx"
-    exporter = ev.export_onnx(model, x[:1], path)
+    exporter = export.export_onnx(model, x[:1], path)
     assert exporter in ("dynamo", "torchscript") and path.is_file()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left
     # batches of 100 leave a remainder of 26: the batch axis is dynamic
-    parity = ev.onnx_parity(path, model, x, batch_size=100)
+    parity = export.onnx_parity(path, model, x, batch_size=100)
     assert parity["images"] == len(x)
     assert parity["max_abs_diff"] < 1e-4
     assert parity["mismatches"] == 0 and parity["agreement"] == 1.0
 
-    ts = ev.export_torchscript(model, x[:2], tmp_path / "export" / "student.ts.pt")
+    ts = export.export_torchscript(model, x[:2], tmp_path / "export" / "student.ts.pt")
     loaded = torch.jit.load(str(ts))
     with torch.inference_mode():
         assert torch.allclose(loaded(x[:7]), predict(model, x[:7]), atol=1e-5)
@@ -226,13 +227,13 @@ def test_summary_states_compression_and_speedup(models: dict[str, nn.Module], da
         "student": models["student"],
         "distilled": models["student"],
     }
-    costs = ev.cost_metrics(nets, x, repeats=3, throughput_batch=16)
+    costs = cost.cost_metrics(nets, x, repeats=3, throughput_batch=16)
     t_logits = predict(nets["teacher"], x)
     rows = {}
     for name, m in nets.items():
-        rows[name] = {**ev.quality_metrics(predict(m, x), y, 10, t_logits), **costs[name]}
+        rows[name] = {**quality.quality_metrics(predict(m, x), y, 10, t_logits), **costs[name]}
     for name in rows:
-        rows[name].update(ev.relative_to(rows["teacher"], rows[name]))
+        rows[name].update(cost.relative_to(rows["teacher"], rows[name]))
     timing = {"threads": torch.get_num_threads(), "latency_repeats": 3, "throughput_batch": 16}
     text = report.render_summary(
         old_rows=rows,

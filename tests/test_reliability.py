@@ -20,7 +20,7 @@ import yaml
 
 from kdflow.checkpoint import save_model
 from kdflow.models import build_model
-from tests.conftest import BIN, make_repo, run_stage, stage_env, tiny_params
+from tests.conftest import BIN, make_repo, run_stage, stage_argv, stage_env, tiny_params
 
 OUTPUTS = ("models", "metrics", "plots", "data/prepared", "reports")
 
@@ -200,7 +200,7 @@ def _slow_params() -> dict:
 
 def _kill_mid_epoch(repo: Path, argv: list[str], ckpt: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=repo, env=stage_env(repo),
+        [sys.executable, *stage_argv(repo, *argv)], cwd=repo, env=stage_env(repo),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 240
@@ -354,7 +354,7 @@ def test_stage_against_a_real_mlflow_server(tmp_path: Path, ready_repo: Path) ->
         client = mlflow.MlflowClient(uri)
         runs = client.search_runs(
             [client.get_experiment_by_name("kdflow").experiment_id],
-            filter_string="tags.`kdflow.stage` = 'train_student'",
+            filter_string="tags.`kdflow.stage` = 'train@student'",
         )
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert runs[0].data.metrics["test.accuracy"] > 0.3

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from kdflow.config import TrainConfig, TransferConfig
-from kdflow.engine import Trainer, predict, seed_everything
+from kdflow.distributed import seed_everything
+from kdflow.metrics import predict
 from kdflow.models import build_model
 from kdflow.strategies import STRATEGIES
 from kdflow.tasks import load_task
-from kdflow.transfer import TransferNet
+from kdflow.trainer import Trainer
+from kdflow.transfer import TransferNet, run_strategy
 
 CFG = TrainConfig(epochs=30, batch_size=32, lr=0.01, device="cpu", select="last")
 
@@ -35,18 +37,7 @@ def _transfer(
     seed_everything(0)
     model = TransferNet(copy.deepcopy(source), new.num_classes)
     opts = {**TransferConfig().options_for(name), **options}
-    for phase in STRATEGIES.get(name)(model, opts, new["train"][0]):
-        model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
-        epochs = max(1, round(CFG.epochs * phase.epoch_fraction))
-        cfg = CFG.model_copy(update={"epochs": epochs, "lr": lr})
-        Trainer(
-            cfg,
-            model,
-            new["train"],
-            None,
-            objective=phase.objective,
-            param_groups=phase.param_groups,
-        ).fit()
+    run_strategy(model, STRATEGIES.get(name), opts, new["train"], CFG.model_copy(update={"lr": lr}))
     return model.eval()
 
 

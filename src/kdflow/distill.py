@@ -12,11 +12,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdflow.engine import Objective, predict
+from kdflow.checkpoint import load_model
+from kdflow.config import DistillConfig
 from kdflow.errors import KdflowError
-from kdflow.io import atomic_torch_save, safe_load
+from kdflow.io import atomic_torch_save, safe_load, sha256_file
+from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss
+from kdflow.metrics import average_logits, predict
 from kdflow.outputs import Outputs
+from kdflow.trainer import Objective
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -46,7 +50,18 @@ def cache_key(teacher_hashes: list[str], data_hash: str) -> str:
 
 
 def ensemble_logits(teachers: list[nn.Module], x: Tensor) -> Tensor:
-    return torch.stack([predict(t, x) for t in teachers]).mean(0)
+    """What the teacher(s) say about ``x``: the mean logits of an ensemble."""
+    return average_logits([predict(t, x) for t in teachers])
+
+
+def load_teachers(
+    paths: list[str | Path], num_classes: int, device: torch.device
+) -> tuple[list[nn.Module], list[str]]:
+    """Frozen teachers checked against the task, and their checkpoint hashes (for caches)."""
+    teachers = [
+        freeze(load_model(p, "teacher", expect_classes=num_classes)[0].to(device)) for p in paths
+    ]
+    return teachers, [sha256_file(p) for p in paths]
 
 
 def cached_teacher_logits(
@@ -87,9 +102,9 @@ class DistillObjective(Objective):
             if self.loss.needs_features:
                 out = self._teachers[0](x, with_features=True)
                 if len(self._teachers) > 1:
-                    out.logits = torch.stack([t(x) for t in self._teachers]).mean(0)
+                    out.logits = average_logits([t(x) for t in self._teachers])
                 return out
-            return Outputs(torch.stack([t(x) for t in self._teachers]).mean(0))
+            return Outputs(average_logits([t(x) for t in self._teachers]))
 
     def forward(
         self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, epoch: int
@@ -101,3 +116,26 @@ class DistillObjective(Objective):
         terms = self.loss(student, self.teacher_outputs(x, idx), y, epoch)
         parts = {k: v for k, v in terms.items() if k != "loss"}
         return terms["loss"], student.logits, parts
+
+
+def build_objective(
+    cfg: DistillConfig,
+    student: nn.Module,
+    teachers: list[nn.Module],
+    teacher_hashes: list[str],
+    train_x: Tensor,
+    data_hash: str,
+    cache_dir: str | Path | None,
+) -> DistillObjective:
+    """The distillation objective the params ask for, with the logit cache where it is valid.
+
+    The cache holds when inputs repeat exactly (no augmentation) and the method reads logits
+    only; ``objective.cached is not None`` says whether it is used.
+    """
+    probe = train_x[:2]
+    loss = LOSSES.get(cfg.method)(cfg, probe_dims(student, probe), probe_dims(teachers[0], probe))
+    cached = None
+    if cfg.cache_teacher and not cfg.train.augment and not loss.needs_features and cache_dir:
+        key = cache_key(teacher_hashes, data_hash)
+        cached = cached_teacher_logits(teachers, train_x, key, cache_dir)
+    return DistillObjective(loss, teachers, cached)

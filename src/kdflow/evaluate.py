@@ -1,327 +1,217 @@
-"""Measure trained models: quality on a test set, cost on the CPU, and export for deployment.
+"""The evaluate stage's work as a few calls: old task, transfers, export, report.
 
-Plain functions on models and tensors (no DVC, no MLflow), so the evaluate stage, the tests
-and a notebook all measure a model the same way.
+Each call takes models or paths and returns plain dicts, so the stage script is glue and a
+notebook can call the same functions.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import statistics
-import time
-import warnings
-from collections.abc import Callable
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdflow.engine import agreement_metrics, predict
+from kdflow import cost, quality, report
+from kdflow.checkpoint import load_model
+from kdflow.config import EvaluateConfig
 from kdflow.errors import KdflowError
-from kdflow.io import atomic_write_bytes, ensure_dir
-from kdflow.models import count_params
+from kdflow.export import PARITY_TOL, export_onnx, export_torchscript, onnx_parity
+from kdflow.io import atomic_dir, atomic_write_text
+from kdflow.metrics import retention
+from kdflow.tasks import Task
 
-# --------------------------------------------------------------------------- quality
-
-
-def _probs(logits: Tensor) -> Tensor:
-    return F.softmax(logits.double(), dim=1).float()
+OLD_MODELS = ("teacher", "student", "distilled")
 
 
-def expected_calibration_error(logits: Tensor, y: Tensor, bins: int = 15) -> float:
-    """Top-label ECE (L1) with equal-width confidence bins, as torchmetrics defines it."""
-    from torchmetrics.classification import MulticlassCalibrationError
+@dataclass
+class OldTask:
+    """Quality and cost of teacher, student alone and distilled student on the old task."""
 
-    metric = MulticlassCalibrationError(num_classes=logits.shape[1], n_bins=bins, norm="l1")
-    return float(metric(_probs(logits), y))
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_class: dict[str, list[float]] = field(default_factory=dict)
+    reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    confusions: dict[str, Tensor] = field(default_factory=dict)
+    logits: dict[str, Tensor] = field(default_factory=dict)
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
 
 
-def reliability_bins(logits: Tensor, y: Tensor, bins: int = 15) -> list[dict[str, float]]:
-    """Per-bin mean confidence, accuracy and count: the data of a reliability diagram.
+@dataclass
+class Transfers:
+    """Each strategy's new-task quality and what it left of the old task."""
 
-    Bins are ``[k/bins, (k+1)/bins)`` with confidence 1.0 in the last bin, the binning
-    torchmetrics uses, so sum(count/n * |accuracy - confidence|) equals the ECE above.
-    """
-    conf, pred = _probs(logits).max(1)
-    correct = (pred == y).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = idx == b
-        n = int(mask.sum())
-        rows.append(
-            {
-                "bin": b,
-                "lower": float(edges[b]),
-                "upper": float(edges[b + 1]),
-                "confidence": float(conf[mask].mean()) if n else float("nan"),
-                "accuracy": float(correct[mask].mean()) if n else float("nan"),
-                "count": n,
-            }
+    new_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    retention: dict[str, dict[str, Any]] = field(default_factory=dict)
+    confusions: dict[str, Tensor] = field(default_factory=dict)
+    logits: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def best(self) -> str:
+        return max(self.new_task, key=lambda s: self.new_task[s]["accuracy"])
+
+
+def require_files(paths: dict[str, Path]) -> None:
+    for what, path in paths.items():
+        if not Path(path).is_file():
+            raise KdflowError(f"{what} model {path} not found; run the stage that produces it")
+
+
+def evaluate_old_task(paths: dict[str, Path], task: Task, cfg: EvaluateConfig) -> OldTask:
+    """Quality on the test split (predictions use every core), then timings on pinned threads."""
+    out, (x, y) = OldTask(), task["test"]
+    teacher_logits = None
+    for name, path in paths.items():
+        model, _ = load_model(path, f"{name} model", expect_classes=task.num_classes)
+        row, logits = quality.evaluate_classifier(model, x, y, cfg.ece_bins, teacher_logits)
+        if teacher_logits is None:  # the first model is the teacher: it agrees with itself
+            teacher_logits = logits
+            row.update(quality.agreement_metrics(logits, logits))
+        out.rows[name], out.logits[name], out.models[name] = row, logits, model
+        out.per_class[name] = quality.per_class_accuracy(logits, y)
+        out.reliability[name] = quality.reliability_bins(logits, y, cfg.ece_bins)
+        out.confusions[name] = quality.confusion_matrix(logits, y)
+    default_threads = cost.set_threads(None)
+    threads = cost.set_threads(cfg.threads)
+    costs = cost.cost_metrics(out.models, x, paths, cfg.latency_repeats, cfg.throughput_batch)
+    cost.set_threads(default_threads)
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        print(
+            f"[evaluate] warning: load average {load:.1f} on {os.cpu_count()} CPUs while "
+            "timing: latencies are noisy; set evaluate.threads: 1 or re-run on an idle machine",
+            file=sys.stderr,
         )
-    return rows
-
-
-def per_class_accuracy(logits: Tensor, y: Tensor) -> list[float]:
-    """Recall of each class: where a small student loses against its teacher."""
-    from torchmetrics.classification import MulticlassAccuracy
-
-    metric = MulticlassAccuracy(num_classes=logits.shape[1], average=None)
-    return [float(v) for v in metric(logits.argmax(1), y)]
-
-
-def confusion_matrix(logits: Tensor, y: Tensor) -> Tensor:
-    """Counts with rows = true class, columns = predicted class."""
-    from torchmetrics.classification import MulticlassConfusionMatrix
-
-    metric = MulticlassConfusionMatrix(num_classes=logits.shape[1])
-    return metric(logits.argmax(1), y).long()
-
-
-def quality_metrics(
-    logits: Tensor, y: Tensor, bins: int = 15, teacher_logits: Tensor | None = None
-) -> dict[str, float]:
-    """Accuracy, NLL, ECE and (given teacher logits) agreement / KL to the teacher."""
-    out = {
-        "accuracy": float((logits.argmax(1) == y).float().mean()),
-        "nll": float(F.cross_entropy(logits.float(), y)),
-        "ece": expected_calibration_error(logits, y, bins),
+    for name, row in out.rows.items():
+        row.update(costs[name])
+    for row in out.rows.values():
+        row.update(cost.relative_to(out.rows["teacher"], row))
+    out.timing = {
+        "threads": threads,
+        "latency_repeats": cfg.latency_repeats,
+        "throughput_batch": cfg.throughput_batch,
+        "load_avg_1m": load,  # above the CPU count: timings were taken on a busy machine
     }
-    if teacher_logits is not None:
-        out.update(agreement_metrics(logits, teacher_logits))
     return out
 
 
-def evaluate_classifier(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    bins: int = 15,
-    teacher_logits: Tensor | None = None,
-    batch_size: int = 1024,
-) -> tuple[dict[str, float], Tensor]:
-    """Quality metrics of ``model`` on (x, y); also returns the logits for plots and reuse."""
-    logits = predict(model, x, batch_size=batch_size)
-    return quality_metrics(logits, y, bins, teacher_logits), logits
-
-
-# --------------------------------------------------------------------------- cost
-
-
-def set_threads(threads: int | None) -> int:
-    """Pin torch's intra-op threads (timings depend on them); returns the count in use."""
-    if threads:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
-
-
-def flops_per_image(model: nn.Module, example: Tensor) -> int:
-    """FLOPs of one forward pass on one image (a multiply-add counts as 2), by torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(example[:1])
-    return int(counter.get_total_flops())
-
-
-def size_on_disk_kb(path: str | Path) -> float:
-    return os.path.getsize(path) / 1024.0
-
-
-def _batch_of(x: Tensor, n: int) -> Tensor:
-    """``n`` images from ``x``, repeating them when the set is smaller than the batch."""
-    if len(x) >= n:
-        return x[:n].contiguous()
-    reps = -(-n // len(x))
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
-
-
-def cpu_timing(
-    models: dict[str, nn.Module],
-    x: Tensor,
-    repeats: int = 30,
-    throughput_batch: int = 256,
-    warmup: int = 5,
-) -> dict[str, dict[str, float]]:
-    """CPU latency at batch 1 (ms) and throughput at ``throughput_batch`` (images/s) per model.
-
-    Medians of ``repeats`` timed runs after ``warmup`` untimed ones, under inference mode.
-    The models take turns within each round, so a burst of load from another process hits
-    all of them alike and their ratios (the speed-ups) stay fair.
-    """
-    nets = {name: m.cpu().eval() for name, m in models.items()}
-    one, batch = _batch_of(x, 1), _batch_of(x, throughput_batch)
-    lat: dict[str, list[float]] = {n: [] for n in nets}
-    thr: dict[str, list[float]] = {n: [] for n in nets}
-
-    def timed(fn: Callable[[], Any]) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in nets.values():
-                m(one)
-                m(batch)
-        for _ in range(repeats):
-            for n, m in nets.items():
-                lat[n].append(timed(lambda m=m: m(one)))
-                thr[n].append(timed(lambda m=m: m(batch)))
-    threads = torch.get_num_threads()
-    return {
-        n: {
-            "latency_ms": statistics.median(lat[n]) * 1e3,
-            "throughput": throughput_batch / statistics.median(thr[n]),
-            "threads": threads,
-        }
-        for n in nets
-    }
-
-
-def cost_metrics(
-    models: dict[str, nn.Module],
-    x: Tensor,
-    checkpoints: dict[str, str | Path] | None = None,
-    repeats: int = 30,
-    throughput_batch: int = 256,
-) -> dict[str, dict[str, float]]:
-    """Parameters, FLOPs per image, checkpoint size and CPU timings of each model."""
-    timing = cpu_timing(models, x, repeats, throughput_batch)
-    out: dict[str, dict[str, float]] = {}
-    for name, model in models.items():
-        row: dict[str, float] = {
-            "params": count_params(model),
-            "flops": flops_per_image(model, x[:1]),
-        }
-        if checkpoints and name in checkpoints:
-            row["size_kb"] = size_on_disk_kb(checkpoints[name])
-        out[name] = {**row, **timing[name]}
+def evaluate_transfers(
+    paths: dict[str, Path], new: Task, old: Task, source_accuracy: float, bins: int
+) -> Transfers:
+    """New-task quality of each transfer and the old-task accuracy its old head kept."""
+    out = Transfers()
+    for s, path in paths.items():
+        model, ckpt = load_model(path, f"transfer model {s}")
+        n_new = int(ckpt["spec"].get("new_classes", -1))
+        if n_new != new.num_classes:
+            raise KdflowError(
+                f"transfer model {path} predicts {n_new} new classes but the new task has "
+                f"{new.num_classes}; re-run the transfer stage (dvc repro)"
+            )
+        row, logits = quality.evaluate_classifier(model, *new["test"], bins)
+        out.new_task[s], out.logits[s] = row, logits
+        out.confusions[s] = quality.confusion_matrix(logits, new["test"][1])
+        kept = None
+        if not ckpt.get("from_scratch", False):
+            kept = quality.evaluate_classifier(model.old_task(), *old["test"], bins)[0]["accuracy"]
+        out.retention[s] = {"old_task_accuracy": kept, **retention(source_accuracy, kept)}
     return out
 
 
-def relative_to(reference: dict[str, float], row: dict[str, float]) -> dict[str, float]:
-    """Compression (params ratio), latency speed-up and throughput ratio over a reference."""
-    return {
-        "compression": reference["params"] / row["params"],
-        "speedup": reference["latency_ms"] / row["latency_ms"],
-        "throughput_ratio": row["throughput"] / reference["throughput"],
-    }
+def export_model(model: nn.Module, x: Tensor, export_dir: Path, onnx: bool) -> dict[str, Any]:
+    """ONNX (parity-checked on all of ``x``) and TorchScript files of ``model``."""
+    files = {"torchscript": export_dir / "distilled.ts.pt"}
+    parity: dict[str, Any] = {}
+    if onnx:
+        files["onnx"] = export_dir / "distilled.onnx"
+        exporter = export_onnx(model, x[:2], files["onnx"])
+        parity = {**onnx_parity(files["onnx"], model, x), "exporter": exporter}
+        parity["size_kb"] = cost.size_on_disk_kb(files["onnx"])
+    export_torchscript(model, x[:2], files["torchscript"])
+    return {"files": files, "parity": parity or None}
 
 
-# --------------------------------------------------------------------------- export
-
-
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _export_example(example: Tensor) -> Tensor:
-    # A batch of 1 lets torch.export specialise the batch axis to 1: export with 2 or more.
-    return example if len(example) >= 2 else _batch_of(example, 2)
-
-
-def export_onnx(model: nn.Module, example: Tensor, path: str | Path) -> str:
-    """Export to ONNX with a dynamic batch axis; returns the exporter used.
-
-    Tries the torch.export-based exporter first and falls back to the TorchScript one. The
-    file appears only once complete (written to a temporary name, then renamed).
-    """
-    import onnx
-
-    path = Path(path)
-    ensure_dir(path.parent)
-    model = model.cpu().eval()
-    example = _export_example(example.cpu())
-    tmp = _tmp_for(path)
-    names = {"input_names": ["input"], "output_names": ["logits"]}
-    exporter = "dynamo"
-    try:
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    dynamo=True,
-                    verbose=False,
-                    external_data=False,
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                    **names,
-                )
-        except Exception:
-            exporter = "torchscript"
-            tmp.unlink(missing_ok=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    dynamo=False,
-                    opset_version=17,
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                    **names,
-                )
-        onnx.checker.check_model(str(tmp))
-        os.replace(tmp, path)
-    except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise KdflowError(f"could not export the model to ONNX ({msg[:300]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return exporter
-
-
-def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> Path:
-    """Trace the model to TorchScript (loadable from C++ without kdflow), written atomically."""
-    model = model.cpu().eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # jit is deprecated upstream but still the C++ format
-        traced = torch.jit.trace(model, _export_example(example.cpu()))
-        torch.jit.save(traced, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def onnx_logits(onnx_path: str | Path, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Run an exported model with onnxruntime on the CPU, batch by batch."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = [
-        torch.from_numpy(sess.run(None, {name: x[i : i + batch_size].numpy()})[0])
-        for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out)
-
-
-def onnx_parity(
-    onnx_path: str | Path, model: nn.Module, x: Tensor, batch_size: int = 1024
-) -> dict[str, float]:
-    """How far the ONNX file's logits are from PyTorch's on all of ``x``."""
-    ref = predict(model.cpu(), x, batch_size=batch_size)
-    got = onnx_logits(onnx_path, x, batch_size).float()
-    if got.shape != ref.shape:
+def check_parity(parity: dict[str, Any] | None, path: Path) -> None:
+    """Fail the stage when ONNX and PyTorch disagree beyond ``PARITY_TOL``."""
+    if parity and (parity["max_abs_diff"] >= PARITY_TOL or parity["mismatches"]):
         raise KdflowError(
-            f"ONNX model {onnx_path} returns logits of shape {tuple(got.shape)}, "
-            f"PyTorch {tuple(ref.shape)}"
+            f"ONNX export {path} does not match PyTorch: max |logit difference| "
+            f"{parity['max_abs_diff']:.3g} (must be < {PARITY_TOL:g}), "
+            f"{parity['mismatches']} of {parity['images']} predictions differ"
         )
-    same = got.argmax(1) == ref.argmax(1)
-    return {
-        "max_abs_diff": float((got - ref).abs().max()) if len(x) else 0.0,
-        "agreement": float(same.float().mean()) if len(x) else 1.0,
-        "mismatches": int((~same).sum()),
-        "images": len(x),
+
+
+def _round(obj: Any) -> Any:
+    """Six significant digits: enough for any comparison, short enough to read in dvc."""
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    return obj
+
+
+def metrics_document(
+    old: OldTask, tr: Transfers, parity: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
+    """What goes into metrics/evaluate.json (rounded to 6 significant digits)."""
+    doc: dict[str, Any] = {
+        "old_task": {
+            n: {k: v for k, v in r.items() if k != "threads"} for n, r in old.rows.items()
+        },
+        "new_task": tr.new_task,
+        "transfer": tr.retention,
+        "timing": old.timing,
+        **extra,
     }
+    if parity is not None:
+        doc["onnx"] = {k: v for k, v in parity.items() if k != "exporter"}
+    return _round(doc)
+
+
+def write_report(
+    reports_dir: Path,
+    old: OldTask,
+    tr: Transfers,
+    old_task: Task,
+    new_task: Task,
+    curves: dict[str, Path],
+    transfer_source: str,
+    parity: dict[str, Any] | None,
+    **sections: Any,
+) -> Path:
+    """reports/plots/ (PNG and the CSVs of DVC's plots) and reports/summary.md."""
+    best = tr.best
+    with atomic_dir(reports_dir / "plots") as tmp:
+        for name, cm in old.confusions.items():
+            report.plot_confusion(
+                cm, old_task.class_names, f"{name} (old task)", tmp / f"confusion_{name}.png"
+            )
+        report.plot_confusion(
+            tr.confusions[best],
+            new_task.class_names,
+            f"transfer: {best} (new task)",
+            tmp / f"confusion_transfer_{best}.png",
+        )
+        report.plot_reliability(old.reliability, tmp / "reliability.png")
+        report.plot_accuracy_latency(old.rows, tmp / "accuracy_vs_latency.png")
+        report.plot_learning_curves(curves, tmp / "learning_curves.png")
+        y = old_task["test"][1]
+        csv = report.confusion_csv(y, old.logits["distilled"].argmax(1), old_task.class_names)
+        atomic_write_text(tmp / "confusion_distilled.csv", csv)
+        atomic_write_text(tmp / "reliability.csv", report.reliability_csv(old.reliability))
+        written = sorted(f"plots/{p.name}" for p in tmp.glob("*.png"))
+    summary = report.render_summary(
+        old_rows=old.rows,
+        class_names=old_task.class_names,
+        per_class=old.per_class,
+        new_task=tr.new_task,
+        retention=tr.retention,
+        transfer_source=transfer_source,
+        onnx=parity,
+        timing=old.timing,
+        plots=written,
+        **sections,
+    )
+    return atomic_write_text(reports_dir / "summary.md", summary)

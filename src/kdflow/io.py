@@ -25,7 +25,8 @@ from kdflow.errors import KdflowError
 TMP_MARK = ".tmp-"
 
 
-def _tmp_sibling(path: Path) -> Path:
+def tmp_sibling(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (pid-tagged, hidden)."""
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
 
@@ -76,7 +77,7 @@ def ensure_dir(path: str | Path) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     ensure_dir(path.parent)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -107,7 +108,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
     path = Path(path)
     ensure_dir(path.parent)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     old = path.with_name(f".{path.name}.old{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -20,10 +20,12 @@ class Registry(Generic[T]):
         self.package = package
         self._items: dict[str, T] = {}
         self._schemas: dict[str, Any] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
         self._loaded = package is None
 
-    def register(self, name: str, schema: Any = None) -> Callable[[T], T]:
-        """Decorator: ``@REG.register("kd", schema=KDOptions)``."""
+    def register(self, name: str, schema: Any = None, **meta: Any) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("kd", schema=KDOptions)``; ``meta`` describes the entry
+        (e.g. ``from_scratch=True``) for callers that must know before building it."""
 
         def deco(fn: T) -> T:
             if name in self._items:
@@ -31,6 +33,7 @@ class Registry(Generic[T]):
             self._items[name] = fn
             if schema is not None:
                 self._schemas[name] = schema
+            self._meta[name] = dict(meta)
             return fn
 
         return deco
@@ -52,6 +55,11 @@ class Registry(Generic[T]):
     def schema(self, name: str) -> Any:
         self._load()
         return self._schemas.get(name)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """What the entry declared at registration (empty if nothing)."""
+        self.get(name)
+        return self._meta[name]
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -5,8 +5,6 @@ Inputs are plain dicts and tensors, so the report can be rebuilt (or tested) wit
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -191,26 +189,20 @@ def write_summary(path: str | Path, text: str) -> Path:
 
 def confusion_csv(y_true: Tensor, y_pred: Tensor, class_names: list[str]) -> str:
     """``actual,predicted`` per image, class names as values (DVC's confusion template)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["actual", "predicted"])
-    for a, p in zip(y_true.tolist(), y_pred.tolist(), strict=True):
-        w.writerow([class_names[a], class_names[p]])
-    return buf.getvalue()
+    names = pd.Series(class_names)
+    frame = pd.DataFrame(
+        {"actual": names[y_true.numpy()].values, "predicted": names[y_pred.numpy()].values}
+    )
+    return frame.to_csv(index=False, lineterminator="\n")
 
 
 def reliability_csv(bins_by_model: Mapping[str, list[dict[str, float]]]) -> str:
     """``model,bin,confidence,accuracy,count`` for the bins that hold images."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "bin", "confidence", "accuracy", "count"])
-    for model, rows in bins_by_model.items():
-        for r in rows:
-            if r["count"]:
-                w.writerow(
-                    [model, r["bin"], f"{r['confidence']:.6f}", f"{r['accuracy']:.6f}", r["count"]]
-                )
-    return buf.getvalue()
+    frame = pd.DataFrame.from_records(
+        [{"model": m, **r} for m, rows in bins_by_model.items() for r in rows if r["count"]],
+        columns=["model", "bin", "confidence", "accuracy", "count"],
+    )
+    return frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
 # --------------------------------------------------------------------------- figures
@@ -225,29 +217,14 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def plot_confusion(cm: Tensor, class_names: list[str], title: str, path: str | Path) -> Path:
-    """Row-normalised confusion matrix with counts: where the model confuses classes."""
-    counts = cm.double()
-    norm = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    """Confusion matrix with counts (scikit-learn's display): where the model confuses classes."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k))
-    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                f"{int(counts[i, j])}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
+    fig, ax = plt.subplots(figsize=(1.5 + 0.75 * k, 1.0 + 0.7 * k))
+    disp = ConfusionMatrixDisplay(cm.numpy(), display_labels=class_names)
+    disp.plot(ax=ax, cmap="Blues", xticks_rotation=45, values_format="d", colorbar=True)
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
     return _save(fig, path)
 
 

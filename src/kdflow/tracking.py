@@ -192,6 +192,10 @@ class Tracker:
             clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if v is not None}
             self._call("log metrics", mlflow.log_metrics, clean, step=step)
 
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        """A stage's nested metrics document, logged once with dotted names."""
+        self.log_metrics(flat_metrics(metrics))
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled:
             self._call("set tags", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
@@ -238,6 +242,17 @@ class Tracker:
                 str(info.registered_model_version),
             )
         return info.model_uri
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numbers as ``a.b.c`` keys; strings, flags and None are left out."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flat_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
 
 
 def search_runs(uri: str, experiments: list[str] | None = None, filter_string: str = "") -> Any:

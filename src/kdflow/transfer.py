@@ -1,16 +1,22 @@
-"""Carry a trained model to the new task: the wrapper model and the phases strategies return."""
+"""Carry a trained model to the new task: the two-headed model, phases, and how they train.
+
+A strategy (``kdflow.strategies``) turns a ``TransferNet`` into a list of ``Phase`` objects;
+``train_phases`` runs them in order with the same rules for every strategy.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdflow.engine import Objective
+from kdflow.config import TrainConfig
+from kdflow.metrics import classification_metrics, predict, retention
+from kdflow.models import build_model, count_params
 from kdflow.outputs import Outputs
+from kdflow.trainer import Objective, Trainer
 
 
 class TransferNet(nn.Module):
@@ -73,37 +79,117 @@ def finetune_groups(model: TransferNet, backbone_lr_mult: float) -> list[dict[st
     return [{"params": backbone, "lr_mult": backbone_lr_mult}, *head_group(model)]
 
 
-class LwFObjective(Objective):
-    """Li & Hoiem: new-task CE + lambda * T^2 * KL(recorded old outputs || old head now)."""
-
-    def __init__(
-        self, recorded: Tensor, lambda_old: float, temperature: float, label_smoothing: float = 0.0
-    ) -> None:
-        super().__init__(label_smoothing)
-        self.register_buffer("recorded", recorded, persistent=False)
-        self.lambda_old = lambda_old
-        self.temperature = temperature
-
-    def forward(
-        self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, epoch: int
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        out = model(x, with_features=True)
-        new = F.cross_entropy(out.logits, y, label_smoothing=self.label_smoothing)
-        t = self.temperature
-        old = (
-            F.kl_div(
-                F.log_softmax(out.old_logits / t, 1),
-                F.log_softmax(self.recorded[idx.to(self.recorded.device)] / t, 1),
-                reduction="batchmean",
-                log_target=True,
-            )
-            * t**2
+def transfer_model(
+    source: nn.Module, spec: dict[str, Any], old_classes: int, new_task: Any, from_scratch: bool
+) -> TransferNet:
+    """The model a strategy starts from: the source, or its architecture freshly initialised."""
+    task = new_task
+    if from_scratch:
+        source = build_model(
+            spec["arch"],
+            old_classes,
+            task.in_channels,
+            task.image_size,
+            spec.get("width", 32),
+            spec.get("depth", 3),
         )
-        return new + self.lambda_old * old, out.logits, {"ce": new.detach(), "old": old.detach()}
+    return TransferNet(source, task.num_classes)
 
 
-@torch.inference_mode()
-def record_old_outputs(model: TransferNet, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """The original old head's logits on the new-task images, before any training."""
+FitPhase = Callable[[int, Phase, TrainConfig], object]
+
+
+def train_phases(model: TransferNet, phases: list[Phase], cfg: TrainConfig, fit: FitPhase) -> None:
+    """Run each phase for its share of the budget; ``fit(i, phase, cfg)`` trains one."""
+    for i, phase in enumerate(phases):
+        epochs = max(1, round(cfg.epochs * phase.epoch_fraction))
+        pcfg = cfg.model_copy(update={"epochs": epochs})
+        model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
+        if phase.objective is not None:
+            phase.objective.label_smoothing = pcfg.label_smoothing
+        fit(i, phase, pcfg)
+    model.freeze_backbone(False)
     model.eval()
-    return torch.cat([model.net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def run_strategy(
+    model: TransferNet,
+    builder: Callable[..., list[Phase]],
+    options: dict[str, Any],
+    train: tuple[Tensor, Tensor],
+    cfg: TrainConfig,
+) -> TransferNet:
+    """A strategy end to end with plain Trainers (no files, no tracking): tests and sweeps."""
+
+    def fit(i: int, phase: Phase, pcfg: TrainConfig) -> object:
+        trainer = Trainer(
+            pcfg, model, train, None, objective=phase.objective, param_groups=phase.param_groups
+        )
+        return trainer.fit()
+
+    train_phases(model, builder(model, options, train[0]), cfg, fit)
+    return model
+
+
+def fit_in_stage(
+    stage: Any,
+    model: TransferNet,
+    phases: list[Phase],
+    cfg: TrainConfig,
+    train: tuple[Tensor, Tensor],
+    fingerprint: Callable[[int, TrainConfig], str],
+    label: str,
+    monitor: tuple[Tensor, Tensor] | None = None,
+) -> None:
+    """``train_phases`` through a ``TrainingStage``: resumable, logged, one history.
+
+    ``monitor`` (images, labels) is scored every 10 epochs and at the end of each phase.
+    """
+
+    def fit(i: int, phase: Phase, pcfg: TrainConfig) -> object:
+        def every_tenth(m: nn.Module, epoch: int) -> dict[str, float]:
+            if monitor is None or ((epoch + 1) % 10 and epoch != pcfg.epochs - 1):
+                return {}
+            return {
+                "test_accuracy": classification_metrics(predict(m, monitor[0]), monitor[1])[
+                    "accuracy"
+                ]
+            }
+
+        return stage.fit(
+            pcfg,
+            model,
+            train,
+            objective=phase.objective,
+            param_groups=phase.param_groups,
+            fingerprint=fingerprint(i, pcfg),
+            phase=str(i),
+            extra_metrics=every_tenth,
+            name=f"{label}:{phase.name}" if len(phases) > 1 else label,
+        )
+
+    train_phases(model, phases, cfg, fit)
+
+
+def transfer_summary(
+    model: TransferNet,
+    new_test: tuple[Tensor, Tensor],
+    old_test: tuple[Tensor, Tensor],
+    source_accuracy: float | None,
+) -> dict[str, Any]:
+    """New-task quality and, unless trained from scratch, what is left of the old task."""
+    new = classification_metrics(predict(model, new_test[0]), new_test[1])
+    kept = None
+    if source_accuracy is not None:
+        kept = classification_metrics(predict(model.old_task(), old_test[0]), old_test[1])[
+            "accuracy"
+        ]
+    return {
+        "params": count_params(model),
+        "new_task": new,
+        "old_task": {
+            "accuracy": kept,
+            "source_accuracy": source_accuracy,
+            "retention": retention(source_accuracy, kept)["retention"],
+        },
+    }

@@ -24,12 +24,5 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
-def kl_div_t(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) averaged over the batch (not over classes)."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-
-
 def ce(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target)

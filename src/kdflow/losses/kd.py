@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from kdflow.losses import LOSSES
-from kdflow.losses._base import DistillLoss, ce, kl_div_t
+from kdflow.losses._base import DistillLoss, ce
+from kdflow.metrics import soft_kl
 from kdflow.outputs import Outputs
 
 
@@ -24,7 +25,7 @@ class KD(DistillLoss):
         self, student: Outputs, teacher: Outputs, target: Tensor, epoch: int = 0
     ) -> dict[str, Tensor]:
         hard = ce(student.logits, target)
-        soft = kl_div_t(student.logits, teacher.logits, self.temperature) * self.temperature**2
+        soft = soft_kl(student.logits, teacher.logits, self.temperature) * self.temperature**2
         return {
             "loss": (1.0 - self.alpha) * hard + self.alpha * soft,
             "ce": hard.detach(),

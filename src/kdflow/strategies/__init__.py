@@ -1,8 +1,8 @@
 """Transfer strategies: one file each, registered by name.
 
 A strategy is ``build(model: TransferNet, options: dict, train_x: Tensor) -> list[Phase]``;
-it may freeze parts of the model. A builder with ``from_scratch = True`` is handed a freshly
-initialised model (no old-task retention to report).
+it may freeze parts of the model. A strategy registered with ``from_scratch=True`` is handed a
+freshly initialised model (no old-task retention to report).
 """
 
 from __future__ import annotations

@@ -6,16 +6,49 @@ targets, so the backbone learns the new task without drifting away from the old 
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
 
+from kdflow.metrics import predict, soft_kl
 from kdflow.strategies import STRATEGIES
-from kdflow.transfer import LwFObjective, Phase, record_old_outputs
+from kdflow.trainer import Objective
+from kdflow.transfer import Phase, TransferNet
 
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     lambda_old: float = Field(1.0, ge=0.0)
     temperature: float = Field(2.0, gt=0.0)
+
+
+class LwFObjective(Objective):
+    """New-task CE + lambda * T^2 * KL(recorded old outputs || old head now)."""
+
+    def __init__(
+        self, recorded: Tensor, lambda_old: float, temperature: float, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__(label_smoothing)
+        self.register_buffer("recorded", recorded, persistent=False)
+        self.lambda_old = lambda_old
+        self.temperature = temperature
+
+    def forward(
+        self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, epoch: int
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        out = model(x, with_features=True)
+        new = F.cross_entropy(out.logits, y, label_smoothing=self.label_smoothing)
+        t = self.temperature
+        recorded = self.recorded[idx.to(self.recorded.device)]
+        old = soft_kl(out.old_logits, recorded, t) * t**2
+        return new + self.lambda_old * old, out.logits, {"ce": new.detach(), "old": old.detach()}
+
+
+@torch.inference_mode()
+def record_old_outputs(model: TransferNet, x: Tensor) -> Tensor:
+    """The original old head's logits on the new-task images, before any training."""
+    return predict(model.old_task(), x)
 
 
 @STRATEGIES.register("lwf", schema=Options)

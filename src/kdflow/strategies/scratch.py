@@ -6,11 +6,8 @@ from kdflow.strategies import STRATEGIES
 from kdflow.transfer import Phase
 
 
-@STRATEGIES.register("scratch")
+@STRATEGIES.register("scratch", from_scratch=True)
 def build(model, options, train_x) -> list[Phase]:
-    # The stage hands this strategy a freshly initialised model (from_scratch below).
+    # from_scratch: the stage hands this strategy a freshly initialised model.
     params = [p for n, p in model.named_parameters() if not n.startswith("net.head.")]
     return [Phase("scratch", 1.0, [{"params": params}])]
-
-
-build.from_scratch = True  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The one training loop every stage uses, and the evaluation helpers around it.
+"""The one training loop every stage uses.
 
 The Trainer knows nothing of distillation or transfer: a stage hands it an ``Objective``
 (what the loss of a batch is) and optional extra per-epoch metrics.
@@ -6,9 +6,7 @@ The Trainer knows nothing of distillation or transfer: a stage hands it an ``Obj
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,169 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from kdflow.config import TrainConfig
+from kdflow.data import TensorBatches, make_loader
+from kdflow.distributed import (
+    all_reduce_,
+    barrier,
+    init_distributed,
+    initialized,
+    is_main,
+    resolve_device,
+    tune_backends,
+)
 from kdflow.errors import KdflowError
 from kdflow.io import atomic_torch_save, clean_stale_tmp, safe_load
-
-# --------------------------------------------------------------------------- devices and DDP
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; under torchrun each rank takes its local GPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise KdflowError("device cuda was asked for (train.device) but no CUDA GPU is visible")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise KdflowError("device mps was asked for (train.device) but MPS is not available")
-    return torch.device(name)
-
-
-def is_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def rank() -> int:
-    """This process's rank; before the group is joined, what torchrun put in RANK."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def init_distributed(device: torch.device) -> None:
-    """Join the process group started by ``torchrun`` (gloo on CPU, nccl on CUDA)."""
-    if is_distributed() and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed, same numbers on CPU (its kernels are deterministic at a fixed thread count).
-
-    On CUDA, speed wins: cuDNN picks the fastest kernels, which may vary run to run.
-    """
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-
-
-# --------------------------------------------------------------------------- data
-
-
-class TensorBatches(Dataset):
-    """In-memory images and labels; fetches a whole batch at once through ``__getitems__``.
-
-    Returns ``(x, y, idx)``: the index lets objectives look up cached teacher outputs.
-    """
-
-    def __init__(self, x: Tensor, y: Tensor, augment: bool = False) -> None:
-        self.x, self.y = x, y
-        self.transform = None
-        if augment:
-            from torchvision.transforms import v2
-
-            pad = max(1, x.shape[-1] // 8)
-            self.transform = v2.Compose(
-                [v2.RandomCrop(x.shape[-1], padding=pad), v2.RandomHorizontalFlip()]
-            )
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.x[idx]
-        if self.transform is not None:
-            x = torch.stack([self.transform(img) for img in x])
-        return x, self.y[idx], idx
-
-
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-def make_loader(
-    data: TensorBatches, batch_size: int, seed: int, shuffle: bool = True
-) -> tuple[DataLoader, Callable[[int], None]]:
-    """A loader whose order depends only on (seed, epoch); returns it and ``set_epoch``."""
-    if is_distributed() and dist.is_initialized():
-        sampler = DistributedSampler(data, shuffle=shuffle, seed=seed)
-        set_epoch = sampler.set_epoch
-    else:
-        gen = torch.Generator()
-        sampler = RandomSampler(data, generator=gen) if shuffle else None
-
-        def set_epoch(epoch: int) -> None:
-            gen.manual_seed(seed * 100_003 + epoch)
-
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_identity)
-    return loader, set_epoch
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits for all of ``x`` in eval mode, on the model's device (CPU result)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [
-        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def classification_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
-    return {
-        "loss": float(F.cross_entropy(logits, y)),
-        "accuracy": float((logits.argmax(1) == y).float().mean()),
-    }
-
-
-def agreement_metrics(student_logits: Tensor, teacher_logits: Tensor) -> dict[str, float]:
-    """Top-1 agreement with the teacher and KL(teacher || student) at T=1."""
-    kl = F.kl_div(
-        F.log_softmax(student_logits, 1),
-        F.log_softmax(teacher_logits, 1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return {
-        "agreement": float((student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()),
-        "kl_to_teacher": float(kl),
-    }
-
-
-# --------------------------------------------------------------------------- objective
+from kdflow.metrics import classification_metrics, predict
+from kdflow.optim import build_optimizer
 
 
 class Objective(nn.Module):
@@ -202,52 +55,12 @@ class Objective(nn.Module):
         return loss, logits, {}
 
 
-# --------------------------------------------------------------------------- trainer
-
-
 @dataclass
 class FitResult:
     history: list[dict[str, float]]
     best_epoch: int
     seconds: float
     resumed_from: int = 0
-
-
-def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        t = min(step / max(total_steps, 1), 1.0)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-        if cfg.schedule == "multistep":
-            return cfg.gamma ** sum(t >= m for m in cfg.milestones)
-        return 1.0
-
-    return f
-
-
-def build_optimizer(
-    cfg: TrainConfig, groups: list[dict[str, Any]], total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD (Nesterov) or AdamW with a per-step schedule; groups may carry an ``lr_mult``."""
-    for g in groups:
-        g["lr"] = cfg.lr * g.pop("lr_mult", 1.0)
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            groups,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            nesterov=cfg.momentum > 0,
-        )
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "onecycle":
-        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 1)
-        )
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
-    return opt, sched
 
 
 def _fmt_time(seconds: float) -> str:
@@ -280,6 +93,7 @@ class Trainer:
         self.name = name
         self.device = resolve_device(cfg.device)
         init_distributed(self.device)
+        tune_backends(self.device)
         self.model = model.to(self.device)
         self.channels_last = cfg.channels_last  # oneDNN convolutions are faster this way on CPU too
         if self.channels_last:
@@ -303,7 +117,7 @@ class Trainer:
             cfg, groups, cfg.epochs * self.steps_per_epoch
         )
         self.ddp_model: nn.Module = self.model
-        if dist.is_initialized():
+        if initialized():
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -381,8 +195,7 @@ class Trainer:
             with amp_ctx:
                 loss, logits, parts = self.objective(self.ddp_model, x, y, idx, epoch)
             bad = (~torch.isfinite(loss.detach())).float()
-            if dist.is_initialized():  # every rank stops together, none waits forever
-                dist.all_reduce(bad)
+            all_reduce_(bad)  # every rank stops together, none waits forever
             if bad.item():
                 raise KdflowError(
                     f"[{self.name}] loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
@@ -390,11 +203,10 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if self.extra_params and dist.is_initialized():  # e.g. a FitNets regressor
+            if self.extra_params and initialized():  # e.g. a FitNets regressor
                 for p in self.extra_params:
                     if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= dist.get_world_size()
+                        all_reduce_(p.grad, mean=True)
             if self.cfg.grad_clip:
                 nn.utils.clip_grad_norm_(
                     [p for g in self.optimizer.param_groups for p in g["params"]],
@@ -421,8 +233,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         local = float(totals[2])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
+        all_reduce_(totals)
         count = float(totals[2])
         out = {"train_loss": float(totals[0]) / count, "train_accuracy": float(totals[1]) / count}
         # Loss components are this rank's averages (they are for curves, not for selection).

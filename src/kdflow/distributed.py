@@ -1,0 +1,92 @@
+"""Devices and torch.distributed: one process or many under ``torchrun``, same code.
+
+Everything that asks "which rank am I" or "wait for the others" lives here, so the Trainer
+and the stages never touch ``torch.distributed`` directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+import torch
+import torch.distributed as dist
+
+from kdflow.errors import KdflowError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; under torchrun each rank takes its local GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise KdflowError("device cuda was asked for (train.device) but no CUDA GPU is visible")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise KdflowError("device mps was asked for (train.device) but MPS is not available")
+    return torch.device(name)
+
+
+def is_distributed() -> bool:
+    """True under a launcher that started more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank; before the group is joined, what torchrun put in RANK."""
+    if initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 writes files and logs to MLflow; the others only train."""
+    return rank() == 0
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group started by ``torchrun`` (gloo on CPU, nccl on CUDA)."""
+    if is_distributed() and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+
+
+def barrier() -> None:
+    if initialized():
+        dist.barrier()
+
+
+def all_reduce_(t: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    """Sum (or average) ``t`` over ranks in place; a no-op in one process."""
+    if initialized():
+        dist.all_reduce(t)
+        if mean:
+            t /= dist.get_world_size()
+    return t
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same numbers on CPU (its kernels are deterministic at a fixed thread count)."""
+    torch.manual_seed(seed)
+
+
+def tune_backends(device: torch.device) -> None:
+    """On CUDA speed wins: cuDNN picks the fastest kernels, which may vary run to run."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
