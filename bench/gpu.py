@@ -1,6 +1,6 @@
 """GPU benchmark: AMP + channels_last training speed of resnet32x4 / resnet8x4, then a short
 distillation run with that pair, on Fashion-MNIST. No internet: the IDX files travel in
-data/raw/FashionMNIST/raw (ignored by git). Prints a short table last and writes JSON.
+a prepared old task (data/prepared/old, carried to the GPU machine). Prints a short table last and writes JSON.
     python bench/gpu.py [--epochs 15] [--device cuda]
 """
 
@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import io
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,13 +18,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import save, table
 
-from kdflow.config import DataConfig, DistillConfig, TrainConfig
-from kdflow.distill import DistillObjective, freeze
+from kdflow.config import DistillConfig, TrainConfig
+from kdflow.distill import build_objective, freeze
 from kdflow.distributed import seed_everything
-from kdflow.losses import LOSSES
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
 from kdflow.models import build_model
-from kdflow.tasks import load_task, prepare
+from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
 
 
@@ -55,14 +53,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--dataset", default="fashion_mnist")
-    ap.add_argument("--root", default="data/raw")
-    ap.add_argument("--max-train-per-class", type=int, default=None)
+    ap.add_argument("--data", default="data/prepared/old", help="a prepared old task")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(DataConfig(dataset=args.dataset, root=args.root,
-                           max_train_per_class=args.max_train_per_class), tmp)  # fmt: skip
-        task = load_task(Path(tmp) / "old")
+    task = load_task(args.data)
     rows = []
     for arch in ("resnet32x4", "resnet8x4"):
         for amp in (False, True):
@@ -86,12 +79,11 @@ def main() -> None:
     for method in ("kd", "dkd"):
         seed_everything(0)
         m = build_model("resnet8x4", task.num_classes, task.in_channels, task.image_size)
-        loss = LOSSES.get(method)(DistillConfig(method=method), [], [])
+        dcfg = DistillConfig(method=method, train=cfg)
+        objective = build_objective(dcfg, m, [teacher], ["t"], task["train"][0], "", None)
         t0 = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):
-            Trainer(
-                cfg, m, task["train"], task["val"], objective=DistillObjective(loss, [teacher])
-            ).fit()
+            Trainer(cfg, m, task["train"], task["val"], objective=objective).fit()
         results[f"student + {method}"] = (m.eval(), time.perf_counter() - t0)
     for name, (m, secs) in results.items():
         logits = predict(m, x)

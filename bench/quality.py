@@ -1,104 +1,186 @@
-"""Quality: teacher, student alone and every distillation method over seeds, on the default task.
+"""Quality over seeds: teacher, student alone and distilled students, at several label fractions.
 
-The teacher is the pipeline's (models/teacher.pt, trained by `dvc repro`); the students are
-trained with the params of the train and distill stages, one run per seed and method.
-    python bench/quality.py [--seeds 3] [--methods kd dkd dist ...]
+The teacher is the pipeline's (trained on all labels); each student is trained with the
+pipeline's params (kdflow.recipes.train_student), one run per seed, method and fraction of
+labelled training images (Hinton et al. 2015: soft targets on every image, labels on few).
+
+    python bench/quality.py [--seeds 3] [--methods kd dkd ...] [--fractions 0.01 0.1 1.0]
+
+Writes bench/results/quality<tag>.json and, with several fractions, a PNG plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import save, table
+from _util import RESULTS, save, table
+from sweep import parse_sets, with_overrides
 
-from kdflow.checkpoint import load_model
 from kdflow.config import load_params
-from kdflow.distill import DistillObjective, freeze, probe_dims
-from kdflow.distributed import seed_everything
-from kdflow.losses import LOSSES
+from kdflow.distill import ensemble_logits, load_teachers
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
-from kdflow.models import build_model
+from kdflow.recipes import train_student
 from kdflow.tasks import load_task
-from kdflow.trainer import Trainer
 
 
-def run_student(params, task, teacher, method: str | None, seed: int, cached) -> dict[str, float]:
-    s = params.models.student
-    seed_everything(seed)
-    model = build_model(
-        s.arch, task.num_classes, task.in_channels, task.image_size, s.width, s.depth
-    )
-    if method is None:
-        cfg, objective = params.train.student, None
-    else:
-        dcfg = params.distill.model_copy(update={"method": method})
-        probe = task["train"][0][:2]
-        loss = LOSSES.get(method)(dcfg, probe_dims(model, probe), probe_dims(teacher, probe))
-        use_cache = dcfg.cache_teacher and not loss.needs_features and not dcfg.train.augment
-        objective = DistillObjective(loss, [teacher], cached if use_cache else None)
-        cfg = dcfg.train
-    cfg = cfg.model_copy(update={"seed": seed, "device": "cpu"})
+def run(params, task, teachers, hashes, method: str | None, seed: int, fraction: float) -> dict:
+    over = {
+        "train.student.seed": seed,
+        "distill.train.seed": seed,
+        "train.student.label_fraction": fraction,
+        "distill.train.label_fraction": fraction,
+    }
+    if method:
+        over["distill.method"] = method
+    p = with_overrides(params, over)  # fmt: skip
     t0 = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()):
-        trainer = Trainer(cfg, model, task["train"], task["val"], objective=objective)
-        trainer.fit()
+    model, _ = train_student(p, task, teachers if method else None, hashes)
     x, y = task["test"]
-    logits = predict(trainer.model, x)
+    logits = predict(model, x)
     return {
         "accuracy": classification_metrics(logits, y)["accuracy"],
-        "agreement": agreement_metrics(logits, predict(teacher, x))["agreement"],
-        "seconds": time.perf_counter() - t0,
+        "agreement": agreement_metrics(logits, ensemble_logits(teachers, x))["agreement"],
+        "predictions": logits.argmax(1).tolist(),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
+def summarise(results: dict, t_acc: float) -> list[dict]:
+    rows = []
+    for (fraction, name), rs in results.items():
+        acc = [r["accuracy"] for r in rs]
+        alone = statistics.mean(r["accuracy"] for r in results[(fraction, "alone")])
+        gap = (statistics.mean(acc) - alone) / (t_acc - alone) if t_acc != alone else float("nan")
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        rows.append({
+            "label fraction": fraction, "model": "student alone" if name == "alone" else f"student + {name}",
+            "accuracy": f"{statistics.mean(acc):.4f} ± {sd:.4f}", "mean": statistics.mean(acc),
+            "std": sd, "gap recovered": "" if name == "alone" else f"{gap:+.0%}",
+        })  # fmt: skip
+    return rows
+
+
+def plot(rows: list[dict], t_acc: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        pts = sorted(
+            (r["label fraction"], r["mean"], r["std"]) for r in rows if r["model"] == model
+        )
+        xs, ys, es = zip(*pts, strict=True)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=model)
+    ax.axhline(t_acc, ls="--", color="grey", label="teacher (all labels)")
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of old-task training images with a label")
+    ax.set_ylabel("old-task test accuracy (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds first..first+seeds-1")
+    ap.add_argument("--no-alone", action="store_true", help="skip the student alone")
+    ap.add_argument("--methods", nargs="*", default=["kd"])
+    ap.add_argument("--fractions", nargs="*", type=float, default=[1.0])
+    ap.add_argument("--set", nargs="*", default=[], help="params overrides for every run")
     ap.add_argument("--teacher", default="models/teacher.pt")
     ap.add_argument("--data", default="data/prepared/old")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--merge", nargs="*", default=None, help="combine these tags' results")
     args = ap.parse_args()
-    params = load_params(args.params)
+    if args.merge is not None:
+        import json
+
+        parts = [json.loads((RESULTS / f"quality{t}.json").read_text()) for t in args.merge]
+        results: dict = {}
+        for part in parts:
+            for k, runs in part["runs"].items():
+                results.setdefault(tuple_key(k), []).extend(runs)
+        for runs in results.values():
+            runs.sort(key=lambda r: r["seed"])
+        t_acc = parts[0]["teacher_accuracy"]
+        seeds = len(next(iter(results.values())))
+        return report(results, t_acc, seeds, args.set, args.tag, plot_it=True)
+    params = with_overrides(load_params(args.params), parse_sets(args.set))
     task = load_task(args.data)
-    teacher = freeze(load_model(args.teacher, "teacher", expect_classes=task.num_classes)[0])
+    teachers, hashes = load_teachers([args.teacher], task.num_classes, "cpu")  # type: ignore[arg-type]
     x, y = task["test"]
-    t_acc = classification_metrics(predict(teacher, x), y)["accuracy"]
-    cached = predict(teacher, task["train"][0])
-    methods = args.methods or LOSSES.names()
-    results: dict[str, list[dict[str, float]]] = {}
-    for name in ["alone", *methods]:
-        for seed in range(args.seeds):
-            r = run_student(params, task, teacher, None if name == "alone" else name, seed, cached)
-            results.setdefault(name, []).append(r)
-            print(f"{name} seed {seed}: acc {r['accuracy']:.4f} agree {r['agreement']:.4f} "
-                  f"({r['seconds']:.0f}s)", flush=True)  # fmt: skip
-    alone = statistics.mean(r["accuracy"] for r in results["alone"])
-    rows = [
-        {"model": "teacher", "accuracy": f"{t_acc:.4f}", "agreement": "1", "gap recovered": "100%"}
-    ]
-    for name, rs in results.items():
-        acc = [r["accuracy"] for r in rs]
-        agr = [r["agreement"] for r in rs]
-        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-        gap = (statistics.mean(acc) - alone) / (t_acc - alone) if t_acc != alone else float("nan")
-        rows.append({
-            "model": "student alone" if name == "alone" else f"student + {name}",
-            "accuracy": f"{statistics.mean(acc):.4f} ± {sd(acc):.4f}",
-            "agreement": f"{statistics.mean(agr):.4f} ± {sd(agr):.4f}",
-            "gap recovered": "0%" if name == "alone" else f"{gap:+.0%}",
-        })  # fmt: skip
+    t_acc = classification_metrics(predict(teachers[0], x), y)["accuracy"]
+    results: dict = {}
+    for fraction in args.fractions:
+        for name in ([] if args.no_alone else ["alone"]) + args.methods:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                r = run(
+                    params,
+                    task,
+                    teachers,
+                    hashes,
+                    None if name == "alone" else name,
+                    seed,
+                    fraction,
+                )
+                results.setdefault((fraction, name), []).append(r)
+                print(f"fraction {fraction} {name} seed {seed}: acc {r['accuracy']:.4f} "
+                      f"({r['seconds']:.0f}s)", flush=True)  # fmt: skip
+    if args.no_alone:  # a shard: raw runs only; `--merge` builds the table
+        runs = {f"{f}/{n}": rs for (f, n), rs in results.items()}
+        save(f"quality{args.tag}", {"teacher_accuracy": t_acc, "set": args.set, "runs": runs})
+        return
+    report(results, t_acc, args.seeds, args.set, args.tag, plot_it=len(args.fractions) > 1)
+
+
+def tuple_key(key: str) -> tuple[float, str]:
+    fraction, name = key.split("/", 1)
+    return float(fraction), name
+
+
+def report(results: dict, t_acc: float, seeds: int, sets: list, tag: str, plot_it: bool) -> None:
+    """Table (with paired tests on the pooled seeds), JSON and, for several fractions, a plot."""
+    import numpy as np
+
+    from kdflow.stats import mcnemar_exact, paired_bootstrap
+
+    rows = summarise(results, t_acc)
+    y = load_task("data/prepared/old")["test"][1].numpy()
+    for r in rows:  # each method against the student alone at its fraction, seed by seed
+        name = r["model"].removeprefix("student + ")
+        if name == "student alone":
+            r["vs alone (pt, 95% CI)"] = r["McNemar p per seed"] = ""
+            continue
+        pairs = zip(results[(r["label fraction"], name)], results[(r["label fraction"], "alone")],
+                    strict=True)  # fmt: skip
+        right = [
+            (np.array(a["predictions"]) == y, np.array(b["predictions"]) == y) for a, b in pairs
+        ]
+        ps = [mcnemar_exact(a, b)[2] for a, b in right]
+        # images resampled, each image's correctness averaged over the seeds
+        low, high = paired_bootstrap(
+            np.mean([a for a, _ in right], 0), np.mean([b for _, b in right], 0)
+        )
+        diff = float(np.mean([a.mean() - b.mean() for a, b in right]))
+        r["vs alone (pt, 95% CI)"] = f"{diff * 100:+.2f} ({low * 100:+.2f} to {high * 100:+.2f})"
+        r["McNemar p per seed"] = ", ".join(f"{p:.2g}" for p in ps)
     print()
-    print(table(rows))
-    path = save("quality", {"teacher_accuracy": t_acc, "seeds": args.seeds, "rows": rows,
-                            "runs": results})  # fmt: skip
+    print(table([{k: v for k, v in r.items() if k not in ("mean", "std")} for r in rows]))
+    payload = {"teacher_accuracy": t_acc, "seeds": seeds, "set": sets, "rows": rows,
+               "runs": {f"{f}/{n}": rs for (f, n), rs in results.items()}}  # fmt: skip
+    path = save(f"quality{tag}", payload)
+    if plot_it:
+        plot(rows, t_acc, RESULTS / f"quality{tag}.png")
     print(f"\nwrote {path}")
 
 

@@ -13,7 +13,7 @@ from kdflow.io import sha256_file
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
 from kdflow.models import build_model, model_spec
 from kdflow.stage import StagePaths, TrainingStage, fingerprint, train_summary
-from kdflow.tasks import load_task
+from kdflow.tasks import labelled_train, load_task
 
 
 def main() -> None:
@@ -35,7 +35,9 @@ def main() -> None:
         "model": scfg,
     }
     inputs = {"data_old": task.content_hash, **{f"teacher{i}": h for i, h in enumerate(hashes)}}
-    stage = TrainingStage("distill", params, StagePaths.from_args(args), logged, inputs, tcfg.seed)
+    title = f"distill {cfg.method} T={cfg.temperature:g} alpha={cfg.alpha:g} lr={tcfg.lr:g}"
+    paths = StagePaths.from_args(args)
+    stage = TrainingStage("distill", params, paths, logged, inputs, tcfg.seed, run_name=title)
     init_hash = sha256_file(args.student) if cfg.init == "student" else None
     if cfg.init == "student":
         model, _ = load_model(args.student, "student", model_spec(scfg), task.num_classes)
@@ -57,10 +59,11 @@ def main() -> None:
             {"kdflow.distill.method": cfg.method, "kdflow.teacher_cache": use_cache}
         )
         fp = fingerprint(cfg.model_dump(), scfg.model_dump(), hashes, task.content_hash, init_hash)
+        train = labelled_train(task, tcfg.label_fraction, params.data.seed, hide=True)
         result = stage.fit(
             tcfg,
             model,
-            task["train"],
+            train,
             task["val"],
             objective=objective,
             fingerprint=fp,
@@ -78,7 +81,7 @@ def main() -> None:
         t = metrics["test"]
         print(
             f"[distill] {cfg.method}: test accuracy {t['accuracy']:.4f}, agreement "
-            f"{t['agreement']:.4f}, KL {t['kl_to_teacher']:.4f} ({metrics['train_seconds']:.1f}s)"
+            f"{t['agreement']:.4f}, KL {t['kl_to_teacher']:.4f} ({stage.seconds:.1f}s)"
         )
 
 

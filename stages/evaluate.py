@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from kdflow import evaluate as ev
-from kdflow.config import flatten, load_params
+from kdflow.config import load_params
 from kdflow.errors import run_main
 from kdflow.io import atomic_write_json, sha256_file
 from kdflow.tasks import load_task
@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, type=Path)
     ap.add_argument("--reports", required=True, type=Path, help="summary.md and plots/")
     ap.add_argument("--export", required=True, type=Path, help="ONNX and TorchScript files")
+    ap.add_argument(
+        "--timings", required=True, type=Path, help="this run's CPU timings (unversioned)"
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
     params = load_params(args.params)
@@ -41,7 +44,7 @@ def main() -> None:
     hashes = {f"model_{k}": sha256_file(p)[:16] for k, p in {**old_paths, **tr_paths}.items()}
     hashes.update(data_old=old.content_hash, data_new=new.content_hash)
     logged = {"evaluate": ecfg, "transfer": {"source": tcfg.source, "strategies": tcfg.strategies}}
-    tracker = Tracker(params.tracking, "evaluate", flatten(logged), hashes).preflight()
+    tracker = Tracker(params.tracking, "evaluate", logged, hashes).preflight()
     curves = {n: args.curves / f"{n}.csv" for n in ("teacher", "student", "distill")}
     curves.update({f"transfer/{s}": args.curves / "transfer" / f"{s}.csv" for s in tr_paths})
 
@@ -53,10 +56,16 @@ def main() -> None:
             old_res.models["distilled"], old["test"][0], args.export, ecfg.onnx
         )
         parity = exported["parity"]
-        metrics = ev.metrics_document(old_res, tr, parity)
-        summary = ev.write_report(args.reports, old_res, tr, old, new, curves, tcfg.source, parity)
+        tests = ev.significance(old_res, tr, old["test"][1], new["test"][1])
+        metrics = ev.metrics_document(old_res, tr, parity, significance=tests)
+        summary = ev.write_report(
+            args.reports, old_res, tr, old, new, curves, tcfg.source, parity, significance=tests
+        )
         atomic_write_json(args.metrics, metrics)
+        timings = ev.write_timings(args.timings, old_res)
         tracker.log_summary(metrics)
+        tracker.log_summary(timings)
+        tracker.log_artifact(args.timings, "timings")
         tracker.set_tags({"kdflow.best_transfer": tr.best})
         for path in (args.metrics, summary):
             tracker.log_artifact(path)

@@ -11,7 +11,7 @@ from kdflow.errors import run_main
 from kdflow.metrics import classification_metrics, predict
 from kdflow.models import build_model, model_spec
 from kdflow.stage import StagePaths, TrainingStage, fingerprint, train_summary
-from kdflow.tasks import load_task
+from kdflow.tasks import labelled_train, load_task
 
 
 def main() -> None:
@@ -31,15 +31,17 @@ def main() -> None:
         logged,
         {"data_old": task.content_hash},
         tcfg.seed,
+        run_name=f"train@{role} {mcfg.arch} w{mcfg.width} lr={tcfg.lr:g} labels={tcfg.label_fraction:g}",
     )
     model = build_model(
         mcfg.arch, task.num_classes, task.in_channels, task.image_size, mcfg.width, mcfg.depth
     )
     with stage:
+        train = labelled_train(task, tcfg.label_fraction, params.data.seed)
         result = stage.fit(
             tcfg,
             model,
-            task["train"],
+            train,
             task["val"],
             name=role,
             fingerprint=fingerprint(mcfg.model_dump(), tcfg.model_dump(), task.content_hash),
@@ -51,7 +53,7 @@ def main() -> None:
     if is_main():
         print(
             f"[{role}] test accuracy {metrics['test']['accuracy']:.4f}, "
-            f"{metrics['params']} params, {metrics['train_seconds']:.1f}s"
+            f"{metrics['params']} params, {stage.seconds:.1f}s"
         )
 
 

@@ -13,7 +13,7 @@ from kdflow.metrics import classification_metrics, predict
 from kdflow.stage import StagePaths, TrainingStage, fingerprint
 from kdflow.strategies import STRATEGIES
 from kdflow.tasks import load_task
-from kdflow.transfer import fit_in_stage, transfer_model, transfer_summary
+from kdflow.transfer import fit_in_stage, strategy_config, transfer_model, transfer_summary
 
 
 def main() -> None:
@@ -37,8 +37,10 @@ def main() -> None:
     source_hash = sha256_file(args.source)
     logged = {"transfer": {"strategy": name, "source": cfg.source, **opts}, "train": cfg.train}
     inputs = {"data_new": new.content_hash, "data_old": old.content_hash, "source": source_hash}
+    title = f"transfer@{name} from {cfg.source}" + (f" lr={opts['lr']:g}" if opts.get("lr") else "")
+    paths = StagePaths.from_args(args)
     stage = TrainingStage(
-        f"transfer@{name}", params, StagePaths.from_args(args), logged, inputs, cfg.train.seed
+        f"transfer@{name}", params, paths, logged, inputs, cfg.train.seed, run_name=title
     )
     model = transfer_model(source, ckpt["spec"], old.num_classes, new, scratch)
     x_new, y_new = new["test"]
@@ -51,11 +53,11 @@ def main() -> None:
         return fingerprint(name, i, *parts)
 
     with stage:
-        fit_in_stage(stage, model, phases, cfg.train, new["train"], fp, name, (x_new, y_new))
+        tcfg = strategy_config(cfg.train, opts)
+        chosen = fit_in_stage(stage, model, phases, tcfg, new["train"], fp, name)
         summary = transfer_summary(model, (x_new, y_new), (x_old, y_old), before)
-        seconds = round(sum(h["epoch_seconds"] for h in stage.history), 3)
         metrics = {"strategy": name, "source": cfg.source, "from_scratch": scratch, **summary}
-        metrics["train_seconds"] = seconds
+        metrics["solved"] = chosen
         spec = {**ckpt["spec"], "kind": "transfer", "new_classes": new.num_classes}
         meta = model_meta(
             spec, old, strategy=name, from_scratch=scratch, new_classes_names=new.class_names,
@@ -66,7 +68,7 @@ def main() -> None:
         o = metrics["old_task"]["accuracy"]
         print(
             f"[transfer] {name}: new-task accuracy {metrics['new_task']['accuracy']:.4f}, old-task "
-            f"accuracy {'n/a' if o is None else f'{o:.4f}'} ({metrics['train_seconds']:.1f}s)"
+            f"accuracy {'n/a' if o is None else f'{o:.4f}'} ({stage.seconds:.1f}s)"
         )
 
 

@@ -39,8 +39,8 @@ def tiny_params() -> dict:
         params["train"]["student"],
         params["distill"]["train"],
     ):
-        section.update(epochs=4, batch_size=64)
-    params["transfer"]["train"].update(epochs=6, batch_size=32)
+        section.update(epochs=4, batch_size=64, min_steps=0)
+    params["transfer"]["train"].update(epochs=6, batch_size=32, min_steps=30)
     params["evaluate"].update(latency_repeats=5, throughput_batch=64)
     return params
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
-from kdflow.config import Params, flatten, load_params, parse_params
+from kdflow.config import Params, load_params, parse_params
 from kdflow.errors import ParamsError
+from kdflow.tracking import flatten_params as flatten
 from tests.conftest import ROOT
 
 
@@ -83,7 +84,14 @@ def test_invalid_yaml_names_the_line(tmp_path) -> None:
 def test_stage_exits_2_with_one_line_and_no_traceback(tmp_path) -> None:
     (tmp_path / "params.yaml").write_text("data:\n  val_fraction: 1.5\n")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages/prepare.py"), "--params", "params.yaml", "--out", "out"],
+        [
+            sys.executable,
+            str(ROOT / "stages/prepare.py"),
+            "--params",
+            "params.yaml",
+            "--out",
+            "out",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

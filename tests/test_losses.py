@@ -413,10 +413,10 @@ def test_rkd_all_embeddings_equal_is_finite() -> None:
 # ---------------------------------------------------------------- option schemas and config
 
 DEFAULTS = {
-    "dkd": {"alpha": 1.0, "beta": 8.0, "warmup_epochs": 5, "ce_weight": 1.0},
+    "dkd": {"alpha": 1.0, "beta": 2.0, "warmup_epochs": 5, "ce_weight": 1.0},
     "dist": {"beta": 1.0, "gamma": 1.0, "ce_weight": 1.0},
     "fitnet": {"weight": 1.0, "student_layer": -1, "teacher_layer": -1, "ce_weight": 1.0},
-    "at": {"weight": 1000.0, "p": 2.0, "layers": None, "ce_weight": 1.0},
+    "at": {"weight": 100.0, "p": 2.0, "layers": None, "ce_weight": 1.0},
     "rkd": {"distance_weight": 25.0, "angle_weight": 50.0, "ce_weight": 1.0},
 }
 

@@ -45,10 +45,22 @@ def test_repro_produces_every_output(pipeline_repo: Path) -> None:
         assert 0 <= m["new_task"]["accuracy"] <= 1
         assert (m["old_task"]["accuracy"] is None) == (s == "scratch")
     teacher = json.loads((r / "metrics/teacher.json").read_text())
-    assert {"test", "val", "params", "train_seconds"} <= set(teacher)
+    assert {"test", "val", "params", "epochs"} <= set(teacher)
+    assert "train_seconds" not in teacher  # timings are kept out of DVC-tracked files
+    assert "epoch_seconds" not in (r / "plots/teacher.csv").read_text()
     distill = json.loads((r / "metrics/distill.json").read_text())
     assert {"agreement", "kl_to_teacher", "accuracy"} <= set(distill["test"])
     assert len((r / "plots/teacher.csv").read_text().splitlines()) == 1 + 4
+    # the linear probe is solved, with its L2 strength chosen by cross-validation
+    probe = json.loads((r / "metrics/transfer/linear_probe.json").read_text())["solved"]
+    assert probe["linear_probe"]["cv_folds"] == 5 and probe["linear_probe"]["C"] > 0
+    # paired tests on the same test images, in the metrics and in the report
+    tests = json.loads((r / "metrics/evaluate.json").read_text())["significance"]
+    assert {"distilled_vs_student", "teacher_vs_student", "lwf_vs_scratch"} <= set(tests)
+    for t in tests.values():
+        assert 0 <= t["mcnemar_p"] <= 1 and t["ci95_low"] <= t["difference"] <= t["ci95_high"]
+    summary = (r / "reports/summary.md").read_text()
+    assert "McNemar p" in summary and "distilled vs student" in summary
 
 
 def test_second_repro_has_nothing_to_do(pipeline_repo: Path) -> None:
@@ -96,3 +108,17 @@ def test_method_change_reruns_distill_and_downstream_only(pipeline_repo: Path) -
     assert "distill" in ran and "evaluate" in ran
     assert not ran & {"prepare", "train@teacher", "train@student"}, ran
     assert json.loads((pipeline_repo / "metrics/distill.json").read_text())["method"] == "dkd"
+
+
+def test_label_fraction_reruns_student_distill_and_downstream_only(pipeline_repo: Path) -> None:
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["train"]["student"]["label_fraction"] = 0.2
+    params["distill"]["train"]["label_fraction"] = 0.2
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = dvc(pipeline_repo, "repro")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ran = {
+        line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")
+    }
+    assert {"train@student", "distill", "evaluate"} <= ran
+    assert not ran & {"prepare", "train@teacher"}, ran

@@ -36,7 +36,7 @@ def _transfer(
     new = load_task(digits_dir / "new")
     seed_everything(0)
     model = TransferNet(copy.deepcopy(source), new.num_classes)
-    opts = {**TransferConfig().options_for(name), **options}
+    opts = {**TransferConfig().options_for(name), "lr": None, **options}  # the test sets lr
     run_strategy(model, STRATEGIES.get(name), opts, new["train"], CFG.model_copy(update={"lr": lr}))
     return model.eval()
 

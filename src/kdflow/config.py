@@ -100,6 +100,8 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(8, ge=1)
+    min_steps: int = Field(0, ge=0)
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
@@ -131,19 +133,19 @@ class ModelsConfig(Section):
 
 
 class TrainStages(Section):
-    teacher: TrainConfig = TrainConfig(epochs=10, lr=0.003)
-    student: TrainConfig = TrainConfig(epochs=6, lr=0.01)
+    teacher: TrainConfig = TrainConfig(epochs=8, min_steps=1500, lr=0.01)
+    student: TrainConfig = TrainConfig(epochs=15, min_steps=3000, lr=0.03)
 
 
 class DistillConfig(Section):
     method: str = "kd"
     init: Literal["scratch", "student"] = "scratch"
     temperature: float = Field(1.0, gt=0.0, le=1000.0)
-    alpha: float = Field(0.9, ge=0.0, le=1.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
     cache_teacher: bool = True
     extra_teachers: list[str] = Field(default_factory=list)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig(epochs=6, lr=0.01)
+    train: TrainConfig = TrainConfig(epochs=15, min_steps=3000, lr=0.03)
 
     @field_validator("method")
     @classmethod
@@ -181,7 +183,9 @@ class TransferConfig(Section):
         min_length=1,
     )
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig(epochs=30, batch_size=64, lr=0.01, select="last")
+    train: TrainConfig = TrainConfig(
+        epochs=30, min_steps=1000, batch_size=64, lr=0.01, select="last"
+    )
 
     @field_validator("strategies")
     @classmethod
@@ -203,6 +207,14 @@ class TransferConfig(Section):
             raise ValueError(
                 "train.augment must be false with lwf: its old-task targets are recorded on "
                 "un-augmented images"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _all_shots_labelled(self) -> TransferConfig:
+        if self.train.label_fraction != 1.0:
+            raise ValueError(
+                "train.label_fraction must be 1 for transfer: data.shots_per_class sets its labels"
             )
         return self
 
@@ -238,6 +250,16 @@ class Params(Section):
     transfer: TransferConfig = TransferConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _same_labels(self) -> Params:
+        a, b = self.train.student.label_fraction, self.distill.train.label_fraction
+        if a != b:
+            raise ValueError(
+                f"train.student.label_fraction ({a}) and distill.train.label_fraction ({b}) "
+                "differ; the student alone and the distilled student must see the same labels"
+            )
+        return self
 
 
 def _allowed(loc: tuple, model: type[BaseModel] = Params) -> list[str]:
@@ -293,18 +315,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         problem = getattr(exc, "problem", None) or "invalid syntax"
         raise ParamsError(f"{path}: not valid YAML{where}: {problem}") from None
     return parse_params(raw)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested params to dotted keys, for MLflow."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump()
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        if not obj and prefix:
-            out[prefix[:-1]] = "{}"
-    else:
-        out[prefix[:-1]] = obj
-    return out

@@ -6,6 +6,7 @@ notebook can call the same functions.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdflow import cost, quality, report
+from kdflow import cost, figures, quality, report, stats
 from kdflow.checkpoint import load_model
 from kdflow.config import EvaluateConfig
 from kdflow.errors import KdflowError
@@ -24,6 +25,7 @@ from kdflow.metrics import retention
 from kdflow.tasks import Task
 
 OLD_MODELS = ("teacher", "student", "distilled")
+TIMED = ("latency_ms", "throughput", "speedup", "throughput_ratio", "threads")  # vary run to run
 
 
 @dataclass
@@ -143,6 +145,33 @@ def check_parity(parity: dict[str, Any] | None, path: Path) -> None:
         )
 
 
+def significance(old: OldTask, tr: Transfers, old_y: Tensor, new_y: Tensor) -> dict[str, Any]:
+    """Paired comparisons on the same test images: is each difference real?
+
+    The distilled student against the student alone (and the teacher against the student, the
+    gap distillation tries to close) on the old task; each transfer against scratch on the new.
+    """
+
+    def pred(logits: dict[str, Tensor], name: str) -> Tensor:
+        return logits[name].argmax(1)
+
+    out = {
+        "distilled_vs_student": stats.compare(
+            pred(old.logits, "distilled"), pred(old.logits, "student"), old_y
+        ),
+        "teacher_vs_student": stats.compare(
+            pred(old.logits, "teacher"), pred(old.logits, "student"), old_y
+        ),
+    }
+    if "scratch" in tr.logits:
+        for s in tr.logits:
+            if s != "scratch":
+                out[f"{s}_vs_scratch"] = stats.compare(
+                    pred(tr.logits, s), pred(tr.logits, "scratch"), new_y
+                )
+    return out
+
+
 def _round(obj: Any) -> Any:
     """Six significant digits: enough for any comparison, short enough to read in dvc."""
     if isinstance(obj, dict):
@@ -152,17 +181,28 @@ def _round(obj: Any) -> Any:
     return obj
 
 
+def untimed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in TIMED}
+
+
+def write_timings(folder: Path, old: OldTask) -> dict[str, Any]:
+    """This run's CPU timings, outside the DVC-versioned files: JSON, Markdown and a plot."""
+    doc = _round({"old_task": {n: {k: r[k] for k in TIMED if k in r} for n, r in old.rows.items()},
+                  "timing": old.timing})  # fmt: skip
+    atomic_write_text(folder / "evaluate.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "evaluate.md", report.timings_markdown(old.rows, old.timing))
+    figures.plot_accuracy_latency(old.rows, folder / "accuracy_vs_latency.png")
+    return doc
+
+
 def metrics_document(
     old: OldTask, tr: Transfers, parity: dict[str, Any] | None, **extra: Any
 ) -> dict[str, Any]:
     """What goes into metrics/evaluate.json (rounded to 6 significant digits)."""
     doc: dict[str, Any] = {
-        "old_task": {
-            n: {k: v for k, v in r.items() if k != "threads"} for n, r in old.rows.items()
-        },
+        "old_task": {n: untimed(r) for n, r in old.rows.items()},
         "new_task": tr.new_task,
         "transfer": tr.retention,
-        "timing": old.timing,
         **extra,
     }
     if parity is not None:
@@ -185,25 +225,24 @@ def write_report(
     best = tr.best
     with atomic_dir(reports_dir / "plots") as tmp:
         for name, cm in old.confusions.items():
-            report.plot_confusion(
+            figures.plot_confusion(
                 cm, old_task.class_names, f"{name} (old task)", tmp / f"confusion_{name}.png"
             )
-        report.plot_confusion(
+        figures.plot_confusion(
             tr.confusions[best],
             new_task.class_names,
             f"transfer: {best} (new task)",
             tmp / f"confusion_transfer_{best}.png",
         )
-        report.plot_reliability(old.reliability, tmp / "reliability.png")
-        report.plot_accuracy_latency(old.rows, tmp / "accuracy_vs_latency.png")
-        report.plot_learning_curves(curves, tmp / "learning_curves.png")
+        figures.plot_reliability(old.reliability, tmp / "reliability.png")
+        figures.plot_learning_curves(curves, tmp / "learning_curves.png")
         y = old_task["test"][1]
         csv = report.confusion_csv(y, old.logits["distilled"].argmax(1), old_task.class_names)
         atomic_write_text(tmp / "confusion_distilled.csv", csv)
         atomic_write_text(tmp / "reliability.csv", report.reliability_csv(old.reliability))
         written = sorted(f"plots/{p.name}" for p in tmp.glob("*.png"))
     summary = report.render_summary(
-        old_rows=old.rows,
+        old_rows={n: untimed(r) for n, r in old.rows.items()},
         class_names=old_task.class_names,
         per_class=old.per_class,
         new_task=tr.new_task,

@@ -1,4 +1,4 @@
-"""Turn evaluation numbers into a Markdown summary, PNG figures and CSV data for DVC plots.
+"""Turn evaluation numbers into a Markdown summary and the CSV data of DVC's plots.
 
 Inputs are plain dicts and tensors, so the report can be rebuilt (or tested) without models.
 """
@@ -11,11 +11,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import pandas as pd
 from torch import Tensor
 
@@ -55,9 +50,10 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 def old_task_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per old-task model with readable column names, values formatted as text."""
     records = []
+    present = [k for k in OLD_COLUMNS if any(k in r for r in rows.values())]
     for name, r in rows.items():
         rec: dict[str, Any] = {"model": name}
-        for key, (label, spec) in OLD_COLUMNS.items():
+        for key, (label, spec) in ((k, OLD_COLUMNS[k]) for k in present):
             v = r.get(key)
             rec[label] = _fmt(v / 1e6 if key == "flops" and v is not None else v, spec)
         records.append(rec)
@@ -85,6 +81,25 @@ def transfer_table(
     return pd.DataFrame.from_records(records)
 
 
+def significance_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per paired comparison: difference, its 95% interval, McNemar's p, verdict."""
+    records = []
+    for name, r in rows.items():
+        a, b = name.split("_vs_")
+        records.append(
+            {
+                "comparison": f"{a} vs {b}",
+                "accuracy": f"{r['accuracy_a']:.4f} vs {r['accuracy_b']:.4f}",
+                "difference (pt)": f"{r['difference'] * 100:+.2f}",
+                "95% CI (pt)": f"{r['ci95_low'] * 100:+.2f} to {r['ci95_high'] * 100:+.2f}",
+                "only first right / only second right": f"{r['a_only_right']} / {r['b_only_right']}",
+                "McNemar p": f"{r['mcnemar_p']:.3g}",
+                "significant (p < 0.05)": "yes" if r["significant"] else "no",
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     """A Markdown table of pre-formatted text: first column left, the numbers right-aligned."""
     align = ("left",) + ("right",) * (len(df.columns) - 1)
@@ -103,23 +118,37 @@ def per_class_table(
 
 
 def headline(
-    rows: Mapping[str, Mapping[str, Any]],
-    throughput_batch: int,
-    model: str = "distilled",
-    reference: str = "teacher",
+    rows: Mapping[str, Mapping[str, Any]], model: str = "distilled", reference: str = "teacher"
 ) -> str:
-    """The sentence a reader wants first: how much smaller and faster, measured how."""
+    """The sentence a reader wants first: how much smaller, how accurate, how faithful."""
     r, t = rows[model], rows[reference]
-    return (
+    text = (
         f"The {model} student has {r['compression']:.1f}× fewer parameters than the {reference} "
-        f"({r['params']:,} vs {t['params']:,}) and runs {r['speedup']:.2f}× faster on the CPU at "
-        f"batch 1 ({r['latency_ms']:.3f} ms vs {t['latency_ms']:.3f} ms) with "
-        f"{r['throughput_ratio']:.2f}× the throughput at batch {throughput_batch} "
-        f"({r['throughput']:,.0f} vs {t['throughput']:,.0f} images/s), measured with "
-        f"{int(r['threads'])} CPU thread(s); it reaches {r['accuracy']:.2%} accuracy against the "
+        f"({r['params']:,} vs {t['params']:,}); it reaches {r['accuracy']:.2%} accuracy against the "
         f"{reference}'s {t['accuracy']:.2%} and agrees with it on {r.get('agreement', 1.0):.2%} "
         "of the test images."
     )
+    if "speedup" in r:
+        text += (
+            f" It runs {r['speedup']:.2f}× faster on the CPU at batch 1 ({r['latency_ms']:.3f} ms "
+            f"vs {t['latency_ms']:.3f} ms) with {r['throughput_ratio']:.2f}× the throughput "
+            f"({r['throughput']:,.0f} vs {t['throughput']:,.0f} images/s), measured with "
+            f"{int(r['threads'])} CPU thread(s)."
+        )
+    return text
+
+
+def timings_markdown(rows: Mapping[str, Mapping[str, Any]], timing: Mapping[str, Any]) -> str:
+    """This run's CPU timings: kept out of DVC-tracked files, since they vary run to run."""
+    return "\n".join([
+        "# CPU timings of this evaluate run (not versioned)", "", headline(rows), "",
+        to_markdown(old_task_table(rows)), "",
+        f"Median of {timing['latency_repeats']} runs after warm-up, `torch.inference_mode()`, "
+        f"{timing['threads']} thread(s), throughput at batch {timing['throughput_batch']}, models "
+        f"timed in turns; 1-minute load average {timing.get('load_avg_1m', float('nan')):.2f} on "
+        f"{os.cpu_count()} CPU(s) (a value above the CPU count: a busy machine). Speed-ups are "
+        "relative to the teacher.", "",
+    ])  # fmt: skip
 
 
 def render_summary(
@@ -133,22 +162,18 @@ def render_summary(
     onnx: Mapping[str, Any] | None = None,
     timing: Mapping[str, Any] | None = None,
     plots: Sequence[str] = (),
+    significance: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The whole ``summary.md`` as a string."""
     parts = ["# kdflow evaluation", ""]
     parts += ["## Old task: teacher, student alone, distilled student", ""]
     if "distilled" in old_rows and "teacher" in old_rows:
-        batch = int(timing["throughput_batch"]) if timing else 0
-        parts += [headline(old_rows, batch), ""]
+        parts += [headline(old_rows), ""]
     parts += [to_markdown(old_task_table(old_rows)), ""]
     if timing:
         parts += [
-            f"Timings: median of {timing['latency_repeats']} runs after warm-up, "
-            f"`torch.inference_mode()`, {timing['threads']} thread(s), throughput at batch "
-            f"{timing['throughput_batch']}, models timed in turns; 1-minute load average "
-            f"{timing.get('load_avg_1m', float('nan')):.2f} on {os.cpu_count()} CPU(s) "
-            "(higher than the CPU count means the timings were taken on a busy machine). "
-            "Compression and speed-ups are relative to the teacher.",
+            "CPU latency and throughput of this run are in `timings/evaluate.md` (and MLflow): "
+            "they vary from run to run, so they are kept out of the files DVC versions.",
             "",
         ]
     if per_class:
@@ -162,6 +187,15 @@ def render_summary(
             "Retention is the old head's accuracy on the old task after transfer "
             f"({DASH} for scratch, which has no trained old head); retained share is it divided "
             "by the source model's old-task accuracy, drop is the difference.",
+            "",
+        ]
+    if significance:
+        parts += ["## Are the differences real? (paired tests on the same test images)", ""]
+        parts += [to_markdown(significance_table(significance)), ""]
+        parts += [
+            "Difference = accuracy of the first model minus the second; 95% interval from a "
+            "paired bootstrap (10,000 resamples of the test images); p from McNemar's exact test "
+            "on the images where exactly one model is right. Significant means p < 0.05.",
             "",
         ]
     if onnx:
@@ -203,91 +237,3 @@ def reliability_csv(bins_by_model: Mapping[str, list[dict[str, float]]]) -> str:
         columns=["model", "bin", "confidence", "accuracy", "count"],
     )
     return frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def plot_confusion(cm: Tensor, class_names: list[str], title: str, path: str | Path) -> Path:
-    """Confusion matrix with counts (scikit-learn's display): where the model confuses classes."""
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.75 * k, 1.0 + 0.7 * k))
-    disp = ConfusionMatrixDisplay(cm.numpy(), display_labels=class_names)
-    disp.plot(ax=ax, cmap="Blues", xticks_rotation=45, values_format="d", colorbar=True)
-    ax.set_title(title)
-    return _save(fig, path)
-
-
-def plot_reliability(bins_by_model: Mapping[str, list[dict[str, float]]], path: str | Path) -> Path:
-    """Accuracy against confidence per bin for several models; the diagonal is calibrated."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    for model, rows in bins_by_model.items():
-        pts = [(r["confidence"], r["accuracy"]) for r in rows if r["count"]]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o", ms=4, label=model)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("mean confidence in bin")
-    ax.set_ylabel("accuracy in bin")
-    ax.set_title("Reliability (old task)")
-    ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
-
-
-def plot_accuracy_latency(rows: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
-    """Accuracy against CPU latency, point area proportional to parameter count."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    biggest = max(float(r["params"]) for r in rows.values())
-    for name, r in rows.items():
-        size = 40 + 1200 * float(r["params"]) / biggest
-        ax.scatter(r["latency_ms"], r["accuracy"], s=size, alpha=0.6)
-        ax.annotate(
-            f"{name}\n{int(r['params']):,} params",
-            (r["latency_ms"], r["accuracy"]),
-            textcoords="offset points",
-            xytext=(8, 6),
-            fontsize=8,
-        )
-    ax.set_xlabel("CPU latency at batch 1 (ms)")
-    ax.set_ylabel("old-task test accuracy")
-    ax.set_title("Accuracy vs latency (area ~ parameters)")
-    ax.margins(0.25)
-    return _save(fig, path)
-
-
-def plot_learning_curves(csvs: Mapping[str, str | Path], path: str | Path) -> Path | None:
-    """One subplot per stage with every accuracy-like column of its per-epoch CSV."""
-    frames = {name: pd.read_csv(p) for name, p in csvs.items() if Path(p).is_file()}
-    if not frames:
-        return None
-    n = len(frames)
-    cols = min(n, 3)
-    nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
-    for ax, (name, df) in zip(axes.flat, frames.items(), strict=False):
-        x = df["epoch"] if "epoch" in df else range(1, len(df) + 1)
-        for col in df.columns:
-            if col.endswith("accuracy") or col == "agreement":
-                ok = df[col].notna()  # sparse columns (test accuracy every few epochs)
-                ax.plot(pd.Series(x)[ok.values], df[col][ok], marker=".", label=col)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(top=1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, path)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdflow.checkpoint import save_model
-from kdflow.config import Params, TrainConfig, flatten
+from kdflow.config import Params, TrainConfig
 from kdflow.distributed import is_main, seed_everything
 from kdflow.io import atomic_write_json, atomic_write_text, clean_stale_tmp, ensure_dir
 from kdflow.models import count_params
@@ -57,8 +57,8 @@ def fingerprint(*parts: Any) -> str:
 
 def history_csv(history: list[dict[str, float]]) -> str:
     """Per-epoch metrics as CSV (1-based epoch first), the data of DVC's plots."""
-    frame = pd.DataFrame.from_records(history)
-    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    frame = pd.DataFrame.from_records(history).drop(columns=["epoch_seconds"], errors="ignore")
+    frame.insert(0, "epoch", range(1, len(frame) + 1))  # no timings: DVC versions this file
     return frame.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
@@ -68,7 +68,6 @@ def train_summary(result: FitResult, model: nn.Module) -> dict[str, Any]:
     best = result.history[result.best_epoch] if result.history else {}
     return {
         "params": count_params(model),
-        "train_seconds": round(sum(h["epoch_seconds"] for h in result.history), 3),
         "epochs": len(result.history),
         "best_epoch": result.best_epoch + 1,
         "train": {"loss": last.get("train_loss"), "accuracy": last.get("train_accuracy")},
@@ -87,14 +86,13 @@ class TrainingStage:
         logged: dict[str, Any],
         inputs: dict[str, str],
         seed: int,
+        run_name: str | None = None,
     ) -> None:
         self.name = name
         self.paths = paths
         for p in (paths.model, paths.metrics, paths.plots):  # writable before any work
             clean_stale_tmp(ensure_dir(Path(p).parent))
-        self.tracker = Tracker(
-            params.tracking, name, flatten(logged), inputs, enabled=is_main()
-        ).preflight()
+        self.tracker = Tracker(params.tracking, name, logged, inputs, enabled=is_main()).preflight()
         seed_everything(seed)
         self.trainers: list[Trainer] = []
         self.history: list[dict[str, float]] = []
@@ -139,6 +137,11 @@ class TrainingStage:
         self.trainers.append(trainer)
         return result
 
+    @property
+    def seconds(self) -> float:
+        """Training time of this run (MLflow only: DVC files hold no timings)."""
+        return sum(h.get("epoch_seconds", 0.0) for h in self.history)
+
     def save(
         self,
         model: nn.Module,
@@ -152,7 +155,7 @@ class TrainingStage:
             save_model(self.paths.model, model, meta)
             atomic_write_json(self.paths.metrics, metrics)
             atomic_write_text(self.paths.plots, history_csv(self.history))
-            self.tracker.log_summary(metrics)
+            self.tracker.log_summary({**metrics, "train_seconds": self.seconds})
             self.tracker.log_artifact(self.paths.metrics)
             self.tracker.log_model(model, registered_name, example)
         for t in self.trainers:

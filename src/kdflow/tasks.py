@@ -174,3 +174,32 @@ def load_task(path: str | Path) -> Task:
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise KdflowError(f"prepared task {path} is damaged ({exc}); re-run prepare") from None
     return Task(path, splits, manifest)
+
+
+def label_mask(y: Tensor, fraction: float, seed: int) -> Tensor:
+    """Which training images keep their label (``data.label_fraction``), stratified by class.
+
+    Each class keeps ``round(fraction * n)`` labels, at least one; the draw depends only on
+    the seed, so the student alone and the distilled student see the same labelled images.
+    """
+    if fraction >= 1.0:
+        return torch.ones_like(y, dtype=torch.bool)
+    rng = np.random.default_rng([seed, 2])
+    keep = torch.zeros_like(y, dtype=torch.bool)
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten().numpy()
+        n = max(1, round(fraction * len(idx)))
+        keep[torch.from_numpy(np.sort(rng.choice(idx, size=n, replace=False)))] = True
+    return keep
+
+
+def labelled_train(
+    task: Task, fraction: float, seed: int, hide: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The training split with only ``fraction`` of its labels: the labelled images alone, or
+    (``hide``) every image with -1 in place of a dropped label (for distillation)."""
+    x, y = task["train"]
+    keep = label_mask(y, fraction, seed)
+    if hide:
+        return x, torch.where(keep, y, torch.full_like(y, -1))
+    return x[keep], y[keep]

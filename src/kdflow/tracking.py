@@ -27,18 +27,31 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
+from pydantic import BaseModel
 from torch import nn
 
 from kdflow.config import TrackingConfig
 from kdflow.errors import KdflowError
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 ALIAS = "newest"
+EXP_COPIES = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}"  # where DVC runs --queue/--temp
+
+
+def project_root() -> Path:
+    """The repository the default store belongs to, also from DVC's experiment copies.
+
+    ``dvc exp run --queue`` / ``--temp`` run the stages in a copy under
+    ``<repo>/.dvc/tmp/exps/`` (``DVC_ROOT`` points there) and delete it afterwards: a store
+    inside the copy would vanish with it, so runs go to the repository's own store.
+    """
+    root = str(Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve())
+    return Path(root.split(EXP_COPIES)[0]) if EXP_COPIES in root + os.sep else Path(root)
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    """params, then ``MLFLOW_TRACKING_URI``, then a sqlite store at the repo root."""
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """params, then ``MLFLOW_TRACKING_URI``, then ``mlflow.db`` at the repository root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return cfg.uri or env or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -100,6 +113,21 @@ def pipeline_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys, for MLflow."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump()
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten_params(v, f"{prefix}{k}."))
+        if not obj and prefix:
+            out[prefix[:-1]] = "{}"
+    else:
+        out[prefix[:-1]] = obj
+    return out
+
+
 class Tracker:
     """A context manager around one MLflow run; a no-op on non-zero DDP ranks."""
 
@@ -110,10 +138,12 @@ class Tracker:
         params: dict[str, Any],
         input_hashes: dict[str, str] | None = None,
         enabled: bool = True,
+        run_name: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.stage = stage
-        self.params = params
+        self.run_name = run_name or stage  # e.g. "distill kd T=1 alpha=0.5": readable in the UI
+        self.params = flatten_params(params)
         self.input_hashes = input_hashes or {}
         self.enabled = enabled
         self.uri = tracking_uri(cfg)
@@ -164,7 +194,7 @@ class Tracker:
         if os.environ.get("DVC_EXP_NAME"):
             tags["kdflow.dvc_exp"] = os.environ["DVC_EXP_NAME"]
         tags.update({f"kdflow.input.{k}": v for k, v in self.input_hashes.items()})
-        run = self._call("start a run", mlflow.start_run, run_name=self.stage, tags=tags)
+        run = self._call("start a run", mlflow.start_run, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         params = {k: str(v)[:6000] for k, v in self.params.items()}
         try:

@@ -107,7 +107,10 @@ class Trainer:
         self.extra_metrics = extra_metrics
         self.on_epoch = on_epoch
         self.loader, self.set_epoch = make_loader(self.train_data, cfg.batch_size, cfg.seed)
-        self.steps_per_epoch = len(self.loader)
+        # A budget counts optimizer steps: a small dataset goes round several times per epoch
+        # so that the whole run makes at least ``min_steps`` steps.
+        self.repeats = max(1, math.ceil(cfg.min_steps / max(cfg.epochs * len(self.loader), 1)))
+        self.steps_per_epoch = len(self.loader) * self.repeats
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         # parameters of the loss itself (a FitNets regressor): optimised, synced under DDP
         self.extra_params = [p for p in self.objective.parameters() if p.requires_grad]
@@ -164,14 +167,18 @@ class Trainer:
             print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
 
     # -- loop --------------------------------------------------------------------------
+    def _batches(self, epoch: int) -> Any:
+        for r in range(self.repeats):
+            self.set_epoch(epoch * self.repeats + r)
+            yield from self.loader
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.ddp_model.train()
-        self.set_epoch(epoch)
         # Augmentation draws from the global generator: seed it per epoch, so resuming at
         # an epoch boundary replays exactly what an uninterrupted run would have done.
         torch.manual_seed(self.cfg.seed * 100_003 + epoch)
         acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # no fp64 on MPS
-        totals = torch.zeros(3, dtype=acc_dtype, device=self.device)
+        totals = torch.zeros(4, dtype=acc_dtype, device=self.device)
         parts_sum: dict[str, float] = {}
         bar = None
         if is_main() and sys.stderr.isatty():
@@ -187,7 +194,7 @@ class Trainer:
         amp_ctx = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
         )
-        for step, (x, y, idx) in enumerate(self.loader):
+        for step, (x, y, idx) in enumerate(self._batches(epoch)):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -215,11 +222,13 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             n = y.numel()
+            labelled = y >= 0  # -1 marks an image without a label (distillation only)
             totals += torch.stack(
                 [
                     loss.detach().to(acc_dtype) * n,
-                    (logits.argmax(1) == y).sum().to(acc_dtype),
+                    ((logits.argmax(1) == y) & labelled).sum().to(acc_dtype),
                     torch.tensor(float(n), dtype=acc_dtype, device=self.device),
+                    labelled.sum().to(acc_dtype),
                 ]
             )
             for k, v in parts.items():
@@ -228,14 +237,18 @@ class Trainer:
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(
-                        loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}"
+                        loss=f"{totals[0] / totals[2]:.4f}",
+                        acc=f"{totals[1] / totals[3].clamp_min(1):.3f}",
                     )
         if bar is not None:
             bar.close()
         local = float(totals[2])
         all_reduce_(totals)
         count = float(totals[2])
-        out = {"train_loss": float(totals[0]) / count, "train_accuracy": float(totals[1]) / count}
+        out = {
+            "train_loss": float(totals[0]) / count,
+            "train_accuracy": float(totals[1]) / max(float(totals[3]), 1.0),
+        }
         # Loss components are this rank's averages (they are for curves, not for selection).
         out.update({f"train_{k}": v / local for k, v in parts_sum.items()})
         return out

@@ -7,7 +7,7 @@ A strategy (``kdflow.strategies``) turns a ``TransferNet`` into a list of ``Phas
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -16,6 +16,7 @@ from kdflow.config import TrainConfig
 from kdflow.metrics import classification_metrics, predict, retention
 from kdflow.models import build_model, count_params
 from kdflow.outputs import Outputs
+from kdflow.probe import solve_head
 from kdflow.trainer import Objective, Trainer
 
 
@@ -60,14 +61,28 @@ class TransferNet(nn.Module):
 
 @dataclass
 class Phase:
-    """One training run of a strategy (LP-FT has two)."""
+    """One step of a strategy (LP-FT has two): trained by SGD, or solved in closed form.
+
+    A phase with ``solve`` is not trained: ``solve(model, x, y)`` sets its weights (a linear
+    probe fitted to convergence) and returns what it chose (e.g. the L2 strength).
+    """
 
     name: str
-    epoch_fraction: float
-    param_groups: list[dict[str, Any]]
+    epoch_fraction: float = 1.0
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
     objective: Objective | None = None  # None: cross-entropy (with train.label_smoothing)
     freeze_backbone: bool = False
     uses_old_head: bool = False  # only LwF trains the old head; others leave it untouched
+    solve: Callable[[TransferNet, Tensor, Tensor], dict[str, Any]] | None = None
+
+
+def probe_phase(seed: int = 0) -> Phase:
+    """The new head solved by cross-validated logistic regression on frozen embeddings."""
+
+    def solve(model: TransferNet, x: Tensor, y: Tensor) -> dict[str, Any]:
+        return solve_head(model.new_head, model.net, x, y, seed)
+
+    return Phase("linear_probe", 0.0, freeze_backbone=True, solve=solve)
 
 
 def head_group(model: TransferNet) -> list[dict[str, Any]]:
@@ -99,17 +114,38 @@ def transfer_model(
 FitPhase = Callable[[int, Phase, TrainConfig], object]
 
 
-def train_phases(model: TransferNet, phases: list[Phase], cfg: TrainConfig, fit: FitPhase) -> None:
-    """Run each phase for its share of the budget; ``fit(i, phase, cfg)`` trains one."""
+def strategy_config(cfg: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+    """``transfer.train`` with the strategy's own learning rate, where it sets one."""
+    lr = options.get("lr")
+    return cfg.model_copy(update={"lr": lr}) if lr else cfg
+
+
+def train_phases(
+    model: TransferNet,
+    phases: list[Phase],
+    cfg: TrainConfig,
+    train: tuple[Tensor, Tensor],
+    fit: FitPhase,
+) -> dict[str, Any]:
+    """Run each phase: solve it, or train it with its share of the budget (``fit``).
+
+    Returns what solved phases chose, by phase name.
+    """
+    chosen: dict[str, Any] = {}
     for i, phase in enumerate(phases):
-        epochs = max(1, round(cfg.epochs * phase.epoch_fraction))
-        pcfg = cfg.model_copy(update={"epochs": epochs})
         model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
+        if phase.solve is not None:
+            chosen[phase.name] = phase.solve(model, *train)
+            continue
+        steps = max(0, round(cfg.min_steps * phase.epoch_fraction))
+        epochs = max(1, round(cfg.epochs * phase.epoch_fraction))
+        pcfg = cfg.model_copy(update={"epochs": epochs, "min_steps": steps})
         if phase.objective is not None:
             phase.objective.label_smoothing = pcfg.label_smoothing
         fit(i, phase, pcfg)
     model.freeze_backbone(False)
     model.eval()
+    return chosen
 
 
 def run_strategy(
@@ -127,7 +163,9 @@ def run_strategy(
         )
         return trainer.fit()
 
-    train_phases(model, builder(model, options, train[0]), cfg, fit)
+    train_phases(
+        model, builder(model, options, train[0]), strategy_config(cfg, options), train, fit
+    )
     return model
 
 
@@ -139,23 +177,10 @@ def fit_in_stage(
     train: tuple[Tensor, Tensor],
     fingerprint: Callable[[int, TrainConfig], str],
     label: str,
-    monitor: tuple[Tensor, Tensor] | None = None,
-) -> None:
-    """``train_phases`` through a ``TrainingStage``: resumable, logged, one history.
-
-    ``monitor`` (images, labels) is scored every 10 epochs and at the end of each phase.
-    """
+) -> dict[str, Any]:
+    """``train_phases`` through a ``TrainingStage``: resumable, logged, one history."""
 
     def fit(i: int, phase: Phase, pcfg: TrainConfig) -> object:
-        def every_tenth(m: nn.Module, epoch: int) -> dict[str, float]:
-            if monitor is None or ((epoch + 1) % 10 and epoch != pcfg.epochs - 1):
-                return {}
-            return {
-                "test_accuracy": classification_metrics(predict(m, monitor[0]), monitor[1])[
-                    "accuracy"
-                ]
-            }
-
         return stage.fit(
             pcfg,
             model,
@@ -164,11 +189,10 @@ def fit_in_stage(
             param_groups=phase.param_groups,
             fingerprint=fingerprint(i, pcfg),
             phase=str(i),
-            extra_metrics=every_tenth,
             name=f"{label}:{phase.name}" if len(phases) > 1 else label,
         )
 
-    train_phases(model, phases, cfg, fit)
+    return train_phases(model, phases, cfg, train, fit)
 
 
 def transfer_summary(

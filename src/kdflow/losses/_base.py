@@ -25,4 +25,14 @@ class DistillLoss(nn.Module):
 
 
 def ce(logits: Tensor, target: Tensor) -> Tensor:
-    return F.cross_entropy(logits, target)
+    """Cross-entropy over the labelled images of the batch (target -1: no label).
+
+    With ``data.label_fraction`` < 1 the teacher's soft targets cover every image and the
+    labels only some; a batch without any label contributes no hard-label loss.
+    """
+    labelled = target >= 0
+    if bool(labelled.all()):
+        return F.cross_entropy(logits, target)
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labelled], target[labelled])

@@ -29,7 +29,9 @@ class ATOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    weight: float = Field(1000.0, ge=0.0, allow_inf_nan=False)  # beta in the paper
+    weight: float = Field(
+        100.0, ge=0.0, allow_inf_nan=False
+    )  # beta in the paper (1000); 100 on val
     # Exponent of |f|; p < 1 would give infinite gradients at exact zeros (ReLU outputs).
     p: float = Field(2.0, ge=1.0, allow_inf_nan=False)
     # Indexes into the aligned stage pairs (see AT); None = every pair.

@@ -27,7 +27,7 @@ class DKDOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # weight of TCKD
-    beta: float = Field(8.0, ge=0.0, allow_inf_nan=False)  # weight of NCKD
+    beta: float = Field(2.0, ge=0.0, allow_inf_nan=False)  # weight of NCKD (paper: 8); 2 on val
     warmup_epochs: int = Field(5, ge=0)  # linear ramp of the KD part; 0 = none
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
 
@@ -95,6 +95,8 @@ class DKD(DistillLoss):
         s = s.to(torch.promote_types(s.dtype, torch.float32)) / self.temperature
         t = teacher.logits.to(s.dtype) / self.temperature
         t2 = self.temperature**2
+        # An image without a label (-1) is split at the teacher's top class instead.
+        target = torch.where(target >= 0, target, teacher.logits.argmax(1))
         tckd = _binary_kl(s, t, target).mean() * t2
         nckd = _non_target_kl(s, t, target).mean() * t2
         w = self.warmup(epoch)

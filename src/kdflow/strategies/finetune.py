@@ -10,7 +10,8 @@ from kdflow.transfer import Phase, finetune_groups
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    backbone_lr_mult: float = Field(0.1, gt=0.0, le=10.0)
+    lr: float | None = Field(0.03, gt=0.0)  # None: transfer.train.lr (chosen by CV: README)
+    backbone_lr_mult: float = Field(1.0, gt=0.0, le=10.0)
 
 
 @STRATEGIES.register("finetune", schema=Options)

@@ -1,11 +1,12 @@
-"""Linear probe: a new head on a frozen backbone kept in eval mode (BN statistics fixed)."""
+"""Linear probe: a new head on the frozen backbone, solved to convergence (L-BFGS logistic
+regression, L2 strength by cross-validation on the labelled shots); BN statistics untouched."""
 
 from __future__ import annotations
 
 from kdflow.strategies import STRATEGIES
-from kdflow.transfer import Phase, head_group
+from kdflow.transfer import Phase, probe_phase
 
 
 @STRATEGIES.register("linear_probe")
 def build(model, options, train_x) -> list[Phase]:
-    return [Phase("linear_probe", 1.0, head_group(model), freeze_backbone=True)]
+    return [probe_phase()]

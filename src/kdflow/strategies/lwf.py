@@ -19,7 +19,8 @@ from kdflow.transfer import Phase, TransferNet
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    lambda_old: float = Field(1.0, ge=0.0)
+    lr: float | None = Field(0.01, gt=0.0)  # None: transfer.train.lr (chosen by CV: README)
+    lambda_old: float = Field(0.3, ge=0.0)
     temperature: float = Field(2.0, gt=0.0)
 
 

@@ -1,0 +1,222 @@
+"""Choose every default on validation data: a reproducible sweep with val and test side by side.
+
+Old task (teacher, student, distillation): each configuration trains the student as the
+pipeline does and is scored on the old task's validation split. New task (transfer): each
+configuration is scored by 5-fold cross-validation on the labelled shots. The test set is
+scored too, only to report next to the choice, never to make it.
+
+    python bench/sweep.py old [--only kd dkd ...] [--set train.student.epochs=30 ...]
+    python bench/sweep.py new [--only finetune lwf ...]
+
+Needs the default pipeline's prepared data and teacher (`dvc repro train@teacher`); writes
+bench/results/sweep_<part>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import save, table
+
+from kdflow.checkpoint import load_model
+from kdflow.config import Params, load_params, parse_params
+from kdflow.distill import load_teachers
+from kdflow.metrics import classification_metrics, predict
+from kdflow.recipes import cv_transfer, train_student
+from kdflow.tasks import load_task
+
+# (group, label, overrides). Overrides are dotted params keys; the student-alone group varies
+# train.student, the distillation groups vary distill.
+T_ALPHA = [(t, a) for t in (1.0, 2.0, 4.0, 8.0) for a in (0.5, 0.9)]
+OLD_GRID: list[tuple[str, str, dict[str, Any]]] = [
+    *[("teacher", f"lr={lr}", {"train.teacher.lr": lr}) for lr in (0.001, 0.003, 0.01)],
+    *[("alone", f"lr={lr}", {"train.student.lr": lr}) for lr in (0.003, 0.01, 0.03)],
+    *[("kd", f"T=4 alpha=0.9 lr={lr}", {"distill.method": "kd", "distill.temperature": 4.0,
+      "distill.alpha": 0.9, "distill.train.lr": lr}) for lr in (0.003, 0.03)],
+    *[("kd", f"T={t} alpha={a}", {"distill.method": "kd", "distill.temperature": t,
+                                  "distill.alpha": a}) for t, a in T_ALPHA],
+    *[("dkd", f"T=4 beta={b}", {"distill.method": "dkd", "distill.temperature": 4.0,
+                                "distill.methods.dkd.beta": b}) for b in (1.0, 2.0, 8.0)],
+    *[("dist", f"T={t} beta=gamma={w}", {"distill.method": "dist", "distill.temperature": t,
+      "distill.methods.dist.beta": w, "distill.methods.dist.gamma": w})
+      for t in (1.0, 4.0) for w in (1.0, 2.0)],
+    *[("fitnet", f"weight={w}", {"distill.method": "fitnet", "distill.methods.fitnet.weight": w})
+      for w in (1.0, 10.0)],
+    *[("at", f"weight={w}", {"distill.method": "at", "distill.methods.at.weight": w})
+      for w in (100.0, 1000.0)],
+    *[("rkd", f"d={d} a={a}", {"distill.method": "rkd", "distill.methods.rkd.distance_weight": d,
+                               "distill.methods.rkd.angle_weight": a}) for d, a in ((1.0, 2.0), (25.0, 50.0))],
+]  # fmt: skip
+
+LRS = (0.003, 0.01, 0.03)
+STEPS = (250, 1000)
+NEW_GRID: list[tuple[str, str, dict[str, Any]]] = [
+    *[("scratch", f"lr={lr} steps>={n}", {"transfer.options.scratch.lr": lr,
+      "transfer.train.min_steps": n}) for lr in LRS for n in STEPS],
+    ("linear_probe", "C by inner CV", {}),
+    *[("finetune", f"lr={lr} backbone x{m} steps>={n}", {"transfer.options.finetune.lr": lr,
+      "transfer.options.finetune.backbone_lr_mult": m, "transfer.train.min_steps": n})
+      for lr in LRS for m in (0.1, 1.0) for n in STEPS],
+    *[("lp_ft", f"lr={lr} backbone x{m}", {"transfer.options.lp_ft.lr": lr,
+      "transfer.options.lp_ft.backbone_lr_mult": m}) for lr in LRS for m in (0.1, 1.0)],
+    *[("lwf", f"lr={lr} lambda={lam}", {"transfer.options.lwf.lr": lr,
+      "transfer.options.lwf.lambda_old": lam}) for lr in LRS for lam in (0.3, 1.0, 3.0)],
+]  # fmt: skip
+
+
+def shard(grid: list, spec: str) -> list:
+    """``i/n``: every n-th configuration from the i-th, to spread a sweep over processes."""
+    i, n = (int(v) for v in spec.split("/"))
+    return grid[i::n]
+
+
+def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
+    raw = params.model_dump()
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return parse_params(raw)
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+
+
+def sweep_old(params: Params, only: list[str] | None, args: argparse.Namespace) -> list[dict]:
+    task = load_task(args.data / "old")
+    teachers, hashes = load_teachers([args.teacher], task.num_classes, "cpu")  # type: ignore[arg-type]
+    x, y = task["test"]
+    rows = []
+    for group, label, overrides in shard(OLD_GRID, args.shard):
+        if only and group not in only:
+            continue
+        p = with_overrides(params, overrides)
+        t0 = time.perf_counter()
+        distilled = group not in ("alone", "teacher")
+        role = "teacher" if group == "teacher" else "student"
+        model, result = train_student(p, task, teachers if distilled else None, hashes, role=role)
+        best = result.history[result.best_epoch]
+        rows.append({
+            "group": group, "config": label, "val_accuracy": best["val_accuracy"],
+            "test_accuracy": classification_metrics(predict(model, x), y)["accuracy"],
+            "best_epoch": result.best_epoch + 1, "epochs": len(result.history),
+            "val_curve": [round(h["val_accuracy"], 4) for h in result.history],
+            "seconds": round(time.perf_counter() - t0, 1), "overrides": overrides,
+        })  # fmt: skip
+        print(
+            {k: v for k, v in rows[-1].items() if k not in ("val_curve", "overrides")}, flush=True
+        )
+    return rows
+
+
+def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) -> list[dict]:
+    import copy
+
+    from kdflow.strategies import STRATEGIES
+    from kdflow.transfer import run_strategy, transfer_model
+
+    old, new = load_task(args.data / "old"), load_task(args.data / "new")
+    source, ckpt = load_model(args.source, "transfer source", None, old.num_classes)
+    rows = []
+    for strategy, label, overrides in shard(NEW_GRID, args.shard):
+        if only and strategy not in only:
+            continue
+        p = with_overrides(params, overrides)
+        opts, cfg = p.transfer.options_for(strategy), p.transfer.train
+        t0 = time.perf_counter()
+        cv = cv_transfer(source, ckpt["spec"], old.num_classes, new, strategy, opts, cfg)
+        # reported only: the same configuration on all shots, scored on the test set
+        from kdflow.distributed import seed_everything
+
+        seed_everything(cfg.seed)
+        scratch = STRATEGIES.meta(strategy).get("from_scratch", False)
+        model = transfer_model(copy.deepcopy(source), ckpt["spec"], old.num_classes, new, scratch)
+        run_strategy(model, STRATEGIES.get(strategy), opts, new["train"], cfg)
+        test = classification_metrics(predict(model, new["test"][0]), new["test"][1])["accuracy"]
+        kept = None
+        if not scratch:
+            kept = classification_metrics(
+                predict(model.old_task(), old["test"][0]), old["test"][1]
+            )["accuracy"]
+        rows.append({
+            "group": strategy, "config": label, "val_accuracy": cv, "test_accuracy": test,
+            "old_task_accuracy": kept, "seconds": round(time.perf_counter() - t0, 1),
+            "overrides": overrides,
+        })  # fmt: skip
+        print({k: v for k, v in rows[-1].items() if k != "overrides"}, flush=True)
+        save(f"sweep_new{args.tag}", {"rows": rows, "partial": True})
+    return rows
+
+
+def choose(rows: list[dict]) -> dict[str, dict]:
+    """Per group, the configuration with the best validation score (first listed on ties)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["group"] not in best or r["val_accuracy"] > best[r["group"]]["val_accuracy"]:
+            best[r["group"]] = r
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("part", choices=["old", "new"])
+    ap.add_argument("--only", nargs="*", default=None, help="groups to run (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], help="params overrides for every run")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--teacher", default="models/teacher.pt")
+    ap.add_argument("--source", default="models/distilled.pt")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
+    ap.add_argument("--shard", default="0/1", help="i/n: run every n-th configuration from i")
+    ap.add_argument("--merge", action="store_true", help="combine the shards' results")
+    ap.add_argument("--train-teacher", action="store_true", help="first train --teacher anew")
+    args = ap.parse_args()
+    if args.train_teacher:
+        from kdflow.checkpoint import model_meta, save_model
+        from kdflow.models import model_spec
+
+        params = with_overrides(load_params(args.params), parse_sets(args.set))
+        task = load_task(args.data / "old")
+        teacher, _ = train_student(params, task, role="teacher")
+        meta = model_meta(model_spec(params.models.teacher), task, role="teacher")
+        save_model(args.teacher, teacher, meta)
+        print(f"trained {args.teacher} with {args.set}")
+        return
+    if args.merge:
+        import json
+
+        from _util import RESULTS
+
+        grid = [(g, c) for g, c, _ in (OLD_GRID if args.part == "old" else NEW_GRID)]
+        rows = [r for f in sorted(RESULTS.glob(f"sweep_{args.part}.s*.json"))
+                for r in json.loads(f.read_text())["rows"]]  # fmt: skip
+        rows.sort(key=lambda r: grid.index((r["group"], r["config"])))
+    else:
+        params = with_overrides(load_params(args.params), parse_sets(args.set))
+        run = sweep_old if args.part == "old" else sweep_new
+        rows = run(params, args.only, args)
+    best = choose(rows)
+    shown = [{**{k: v for k, v in r.items() if k not in ("val_curve", "overrides")},
+              "chosen": "yes" if best[r["group"]] is r else ""} for r in rows]  # fmt: skip
+    print()
+    print(table(shown))
+    path = save(f"sweep_{args.part}{args.tag}", {
+        "rule": "per group, highest validation accuracy (old task: val split; new task: mean of "
+                "5-fold CV on the labelled shots); first listed wins ties",
+        "set": args.set, "rows": rows, "chosen": {g: r["config"] for g, r in best.items()},
+    })  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
