@@ -37,9 +37,8 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def save(name: str, payload: dict[str, object]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    """bench/results/<name>.json, written atomically with the machine's facts."""
+    from kdflow.io import atomic_write_text
+
+    text = json.dumps({"machine": machine(), **payload}, indent=2, default=float) + "\n"
+    return atomic_write_text(RESULTS / f"{name}.json", text)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from kdflow.checkpoint import load_model, model_meta
+from kdflow.checkpoint import model_meta
 from kdflow.config import load_params
-from kdflow.distill import build_objective, ensemble_logits, load_teachers
+from kdflow.distill import build_objective, ensemble_logits, initial_student, load_teachers
 from kdflow.distributed import is_main, resolve_device
 from kdflow.errors import run_main
-from kdflow.io import sha256_file
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
-from kdflow.models import build_model, model_spec
+from kdflow.models import model_spec
 from kdflow.stage import StagePaths, TrainingStage, fingerprint, train_summary
 from kdflow.tasks import labelled_train, load_task
 
@@ -38,13 +37,7 @@ def main() -> None:
     title = f"distill {cfg.method} T={cfg.temperature:g} alpha={cfg.alpha:g} lr={tcfg.lr:g}"
     paths = StagePaths.from_args(args)
     stage = TrainingStage("distill", params, paths, logged, inputs, tcfg.seed, run_name=title)
-    init_hash = sha256_file(args.student) if cfg.init == "student" else None
-    if cfg.init == "student":
-        model, _ = load_model(args.student, "student", model_spec(scfg), task.num_classes)
-    else:
-        model = build_model(
-            scfg.arch, task.num_classes, task.in_channels, task.image_size, scfg.width, scfg.depth
-        )
+    model, init_hash = initial_student(cfg.init, scfg, task, args.student)
     objective = build_objective(
         cfg, model, teachers, hashes, task["train"][0], task.content_hash, args.cache
     )

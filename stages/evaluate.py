@@ -45,8 +45,7 @@ def main() -> None:
     hashes.update(data_old=old.content_hash, data_new=new.content_hash)
     logged = {"evaluate": ecfg, "transfer": {"source": tcfg.source, "strategies": tcfg.strategies}}
     tracker = Tracker(params.tracking, "evaluate", logged, hashes).preflight()
-    curves = {n: args.curves / f"{n}.csv" for n in ("teacher", "student", "distill")}
-    curves.update({f"transfer/{s}": args.curves / "transfer" / f"{s}.csv" for s in tr_paths})
+    curves = ev.curve_files(args.curves, tcfg.strategies)
 
     with tracker:
         old_res = ev.evaluate_old_task(old_paths, old, ecfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from kdflow.io import atomic_torch_save, safe_load, sha256_file
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss
 from kdflow.metrics import average_logits, predict
+from kdflow.models import build_model, model_spec
 from kdflow.outputs import Outputs
 from kdflow.trainer import Objective
 
@@ -139,3 +141,19 @@ def build_objective(
         key = cache_key(teacher_hashes, data_hash)
         cached = cached_teacher_logits(teachers, train_x, key, cache_dir)
     return DistillObjective(loss, teachers, cached)
+
+
+def initial_student(
+    init: str, spec: Any, task: Any, student_path: str | Path
+) -> tuple[nn.Module, str | None]:
+    """The student distillation starts from: fresh (``scratch``) or ``models/student.pt``.
+
+    Returns the model and, when it starts from a checkpoint, that file's hash (for resumes).
+    """
+    if init == "student":
+        model, _ = load_model(student_path, "student", model_spec(spec), task.num_classes)
+        return model, sha256_file(student_path)
+    model = build_model(
+        spec.arch, task.num_classes, task.in_channels, task.image_size, spec.width, spec.depth
+    )
+    return model, None

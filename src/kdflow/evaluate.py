@@ -55,6 +55,12 @@ class Transfers:
         return max(self.new_task, key=lambda s: self.new_task[s]["accuracy"])
 
 
+def curve_files(folder: Path, strategies: list[str]) -> dict[str, Path]:
+    """The per-epoch CSVs of the training stages, by panel title of the learning-curve plot."""
+    curves = {n: folder / f"{n}.csv" for n in ("teacher", "student", "distill")}
+    return curves | {f"transfer/{s}": folder / "transfer" / f"{s}.csv" for s in strategies}
+
+
 def require_files(paths: dict[str, Path]) -> None:
     for what, path in paths.items():
         if not Path(path).is_file():
