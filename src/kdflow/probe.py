@@ -7,6 +7,7 @@ test set), then refit on all of them. The solution becomes an ordinary ``nn.Line
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,9 @@ def fit_logistic(
     if k:  # warm-started along the C path; refit on every shot with the best C
         split = StratifiedKFold(k, shuffle=True, random_state=seed)
         clf = LogisticRegressionCV(Cs=list(c_grid), cv=split, scoring="accuracy", **solver)
-        clf.fit(z, y)
+        with warnings.catch_warnings():  # scikit-learn's notices of future API changes
+            warnings.simplefilter("ignore", FutureWarning)
+            clf.fit(z, y)
         best = float(clf.C_[0])
         cv_acc = float(clf.scores_[next(iter(clf.scores_))].mean(0).max())
     else:
