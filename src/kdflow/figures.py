@@ -77,6 +77,7 @@ def plot_accuracy_latency(rows: Mapping[str, Mapping[str, Any]], path: str | Pat
 def plot_learning_curves(csvs: Mapping[str, str | Path], path: str | Path) -> Path | None:
     """One subplot per stage with every accuracy-like column of its per-epoch CSV."""
     frames = {name: pd.read_csv(p) for name, p in csvs.items() if Path(p).is_file()}
+    frames = {name: df for name, df in frames.items() if len(df)}  # a solved probe has no epochs
     if not frames:
         return None
     n = len(frames)
@@ -86,7 +87,7 @@ def plot_learning_curves(csvs: Mapping[str, str | Path], path: str | Path) -> Pa
     for ax, (name, df) in zip(axes.flat, frames.items(), strict=False):
         x = df["epoch"] if "epoch" in df else range(1, len(df) + 1)
         for col in df.columns:
-            if col.endswith("accuracy") or col == "agreement":
+            if col.endswith(("accuracy", "agreement")):
                 ok = df[col].notna()  # sparse columns (test accuracy every few epochs)
                 ax.plot(pd.Series(x)[ok.values], df[col][ok], marker=".", label=col)
         ax.set_title(name)

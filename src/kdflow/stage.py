@@ -92,7 +92,9 @@ class TrainingStage:
         self.paths = paths
         for p in (paths.model, paths.metrics, paths.plots):  # writable before any work
             clean_stale_tmp(ensure_dir(Path(p).parent))
-        self.tracker = Tracker(params.tracking, name, logged, inputs, enabled=is_main()).preflight()
+        self.tracker = Tracker(
+            params.tracking, name, logged, inputs, enabled=is_main(), run_name=run_name
+        ).preflight()
         seed_everything(seed)
         self.trainers: list[Trainer] = []
         self.history: list[dict[str, float]] = []

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -251,17 +252,19 @@ class Tracker:
         signature = infer_signature(example.numpy(), out.numpy())
         reg = registered_name if self.cfg.register_models else None
         # "pt2" (torch.export) needs no pickle to load: nothing unsafe, no kdflow import needed.
-        info = self._call(
-            "log the model",
-            mlflow.pytorch.log_model,
-            model,
-            name="model",
-            signature=signature,
-            input_example=example.numpy(),
-            registered_model_name=reg,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            serialization_format="pt2",
-        )
+        with warnings.catch_warnings():  # torch's pt2 packer warns about CPU weights: moot here
+            warnings.filterwarnings("ignore", "No complete tensor found", UserWarning)
+            info = self._call(
+                "log the model",
+                mlflow.pytorch.log_model,
+                model,
+                name=registered_name.removeprefix("kdflow-"),  # the model's role, not "model"
+                signature=signature,
+                input_example=example.numpy(),
+                registered_model_name=reg,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                serialization_format="pt2",
+            )
         if reg and info.registered_model_version is not None:
             client = mlflow.MlflowClient()
             self._call(
