@@ -29,7 +29,7 @@ from kdflow.checkpoint import load_model
 from kdflow.config import Params, load_params, parse_params
 from kdflow.distill import load_teachers
 from kdflow.metrics import classification_metrics, predict
-from kdflow.recipes import cv_transfer, train_student
+from kdflow.recipes import cv_transfer, train_student, transfer_once
 from kdflow.tasks import load_task
 
 # (group, label, overrides). Overrides are dotted params keys; the student-alone group varies
@@ -120,10 +120,7 @@ def sweep_old(params: Params, only: list[str] | None, args: argparse.Namespace) 
 
 
 def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) -> list[dict]:
-    import copy
-
     from kdflow.strategies import STRATEGIES
-    from kdflow.transfer import run_strategy, transfer_model
 
     old, new = load_task(args.data / "old"), load_task(args.data / "new")
     source, ckpt = load_model(args.source, "transfer source", None, old.num_classes)
@@ -136,12 +133,9 @@ def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) 
         t0 = time.perf_counter()
         cv = cv_transfer(source, ckpt["spec"], old.num_classes, new, strategy, opts, cfg)
         # reported only: the same configuration on all shots, scored on the test set
-        from kdflow.distributed import seed_everything
-
-        seed_everything(cfg.seed)
+        spec, n_old = ckpt["spec"], old.num_classes
+        model = transfer_once(source, spec, n_old, new, strategy, opts, cfg, new["train"])
         scratch = STRATEGIES.meta(strategy).get("from_scratch", False)
-        model = transfer_model(copy.deepcopy(source), ckpt["spec"], old.num_classes, new, scratch)
-        run_strategy(model, STRATEGIES.get(strategy), opts, new["train"], cfg)
         test = classification_metrics(predict(model, new["test"][0]), new["test"][1])["accuracy"]
         kept = None
         if not scratch:

@@ -7,6 +7,7 @@ labelled subset, model, objective and Trainer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from typing import Any
 
@@ -22,7 +23,7 @@ from kdflow.models import build_model
 from kdflow.strategies import STRATEGIES
 from kdflow.tasks import Task, labelled_train
 from kdflow.trainer import FitResult, Trainer
-from kdflow.transfer import run_strategy, transfer_model
+from kdflow.transfer import TransferNet, run_strategy, transfer_model
 
 
 def train_student(
@@ -66,6 +67,24 @@ def fold_indices(y: Tensor, folds: int, seed: int = 0) -> list[tuple[np.ndarray,
     return list(split.split(np.zeros(len(y)), y.numpy()))
 
 
+def transfer_once(
+    source: nn.Module,
+    spec: dict[str, Any],
+    old_classes: int,
+    new: Task,
+    strategy: str,
+    options: dict[str, Any],
+    cfg: TrainConfig,
+    train: tuple[Tensor, Tensor],
+) -> TransferNet:
+    """One transfer as the stage does it (seeded, on a copy of ``source``), without files."""
+    seed_everything(cfg.seed)
+    scratch = STRATEGIES.meta(strategy).get("from_scratch", False)
+    model = transfer_model(copy.deepcopy(source), spec, old_classes, new, scratch)
+    with contextlib.redirect_stderr(io.StringIO()):
+        return run_strategy(model, STRATEGIES.get(strategy), options, train, cfg)
+
+
 def cv_transfer(
     source: nn.Module,
     spec: dict[str, Any],
@@ -80,17 +99,11 @@ def cv_transfer(
 
     Only the new task's training shots are used: the test set stays unseen.
     """
-    import copy
-
     x, y = new["train"]
-    scratch = STRATEGIES.meta(strategy).get("from_scratch", False)
     scores = []
     for train_idx, held_idx in fold_indices(y, folds, cfg.seed):
-        seed_everything(cfg.seed)
-        model = transfer_model(copy.deepcopy(source), spec, old_classes, new, scratch)
         part = (x[train_idx], y[train_idx])
-        with contextlib.redirect_stderr(io.StringIO()):
-            run_strategy(model, STRATEGIES.get(strategy), options, part, cfg)
+        model = transfer_once(source, spec, old_classes, new, strategy, options, cfg, part)
         held = torch.as_tensor(held_idx)
         scores.append(classification_metrics(predict(model, x[held]), y[held])["accuracy"])
     return float(np.mean(scores))

@@ -119,9 +119,10 @@ class TrainingStage:
     ) -> FitResult:
         """Train (resuming if a checkpoint of the same fingerprint exists); epochs are logged.
 
-        Several calls (LP-FT's phases) continue one history, with a ``phase`` column.
+        Several calls (a strategy's phases, ``phase`` = its index) continue one history, with a
+        ``phase`` column.
         """
-        offset, index = len(self.history), len(self.trainers)
+        offset = len(self.history)
         trainer = Trainer(
             cfg,
             model,
@@ -135,7 +136,7 @@ class TrainingStage:
         )
         result = trainer.fit()
         rows = result.history
-        self.history += [{**h, "phase": float(index)} for h in rows] if phase else rows
+        self.history += [{**h, "phase": float(phase)} for h in rows] if phase else rows
         self.trainers.append(trainer)
         return result
 
