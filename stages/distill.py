@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdflow.checkpoint import model_meta
+from kdflow.checkpoint import lineage, model_meta
 from kdflow.config import load_params
 from kdflow.distill import build_objective, ensemble_logits, initial_student, load_teachers
 from kdflow.distributed import is_main, resolve_device
@@ -36,7 +36,12 @@ def main() -> None:
     inputs = {"data_old": task.content_hash, **{f"teacher{i}": h for i, h in enumerate(hashes)}}
     title = f"distill {cfg.method} T={cfg.temperature:g} alpha={cfg.alpha:g} lr={tcfg.lr:g}"
     paths = StagePaths.from_args(args)
-    stage = TrainingStage("distill", params, paths, logged, inputs, tcfg.seed, run_name=title)
+    upstream = {"teacher": lineage(args.teacher, "teacher")}
+    if cfg.init == "student":
+        upstream["init"] = lineage(args.student, "student")
+    stage = TrainingStage(
+        "distill", params, paths, logged, inputs, tcfg.seed, run_name=title, upstream=upstream
+    )
     model, init_hash = initial_student(cfg.init, scfg, task, args.student)
     objective = build_objective(
         cfg, model, teachers, hashes, task["train"][0], task.content_hash, args.cache

@@ -44,7 +44,9 @@ def main() -> None:
     hashes = {f"model_{k}": sha256_file(p)[:16] for k, p in {**old_paths, **tr_paths}.items()}
     hashes.update(data_old=old.content_hash, data_new=new.content_hash)
     logged = {"evaluate": ecfg, "transfer": {"source": tcfg.source, "strategies": tcfg.strategies}}
-    tracker = Tracker(params.tracking, "evaluate", logged, hashes).preflight()
+    tracker = Tracker(
+        params.tracking, "evaluate", logged, hashes, pipeline_params=params
+    ).preflight()
     curves = ev.curve_files(args.curves, tcfg.strategies)
 
     with tracker:
@@ -71,6 +73,10 @@ def main() -> None:
         tracker.log_artifact(args.reports / "plots", "plots")
         for path in exported["files"].values():
             tracker.log_artifact(path, "export")
+        # every stage's run in this pipeline's tree, also those DVC skipped or restored
+        models = [*old_paths.values(), *tr_paths.values()]
+        tracker.link_pipeline(models)
+        tracker.set_lock_alias(models)
         ev.check_parity(parity, exported["files"].get("onnx"))  # last: the report is there to see
 
     d, t = old_res.rows["distilled"], old_res.rows["teacher"]

@@ -39,8 +39,16 @@ def main() -> None:
     inputs = {"data_new": new.content_hash, "data_old": old.content_hash, "source": source_hash}
     title = f"transfer@{name} from {cfg.source}" + (f" lr={opts['lr']:g}" if opts.get("lr") else "")
     paths = StagePaths.from_args(args)
+    upstream = {} if scratch else {"source": ckpt.get("lineage") or {}}
     stage = TrainingStage(
-        f"transfer@{name}", params, paths, logged, inputs, cfg.train.seed, run_name=title
+        f"transfer@{name}",
+        params,
+        paths,
+        logged,
+        inputs,
+        cfg.train.seed,
+        run_name=title,
+        upstream=upstream,
     )
     model = transfer_model(source, ckpt["spec"], old.num_classes, new, scratch)
     x_new, y_new = new["test"]

@@ -280,6 +280,24 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(
     assert not stale.exists(), "a killed run's temporary file was left behind"
     assert not (killed / ckpt).exists()
     _same_result(clean, killed, model, metrics)
+    _one_finished_run(killed, argv)
+
+
+def _one_finished_run(repo: Path, argv: list[str]) -> None:
+    """The killed run was continued: one FINISHED run with every epoch, none left RUNNING."""
+    import mlflow
+
+    stage = {"train.py": "train@teacher", "distill.py": "distill"}.get(
+        Path(argv[0]).name, f"transfer@{argv[-1]}"
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdflow")
+    runs = client.search_runs([exp.experiment_id], f"tags.`kdflow.stage` = '{stage}'")
+    assert [r.info.status for r in runs] == ["FINISHED"], [r.info.status for r in runs]
+    epochs = _slow_params()["transfer" if "transfer" in stage else "distill"]["train"]["epochs"]
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert steps == list(range(epochs)), steps
+    assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
 
 
 # ----------------------------------------------------------------------------- security

@@ -38,6 +38,11 @@ def model_meta(spec: dict[str, Any], task: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
+def lineage(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The params that made a checkpoint (saved by its stage), for the runs that start from it."""
+    return dict(safe_load(path, what).get("lineage") or {})
+
+
 def describe(spec: dict[str, Any]) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "arch")
     return f"{spec.get('arch')}({extra})"

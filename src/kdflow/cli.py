@@ -1,6 +1,8 @@
-"""The ``kdflow`` command: compare tracked runs in a table, or open the MLflow UI locally.
+"""The ``kdflow`` command: compare tracked runs, alias registered models, open the MLflow UI.
 
-Examples: ``kdflow compare --stage distill --sort test.accuracy`` and ``kdflow ui --port 5000``.
+Examples: ``kdflow compare --stage distill --sort test.accuracy``, ``kdflow compare --stage
+transfer@lwf --exp exp-a --exp exp-b``, ``kdflow alias models/*.pt models/transfer/*.pt`` and
+``kdflow ui --port 5000``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def runs_table(
     *,
     stage: str | None = None,
     pipeline_id: str | None = None,
+    exps: list[str] | None = None,
+    commit: str | None = None,
     sort: str | None = None,
     ascending: bool = False,
     columns: list[str] | None = None,
@@ -67,10 +71,19 @@ def runs_table(
     if pipeline_id is not None:
         tag = _col(df, "tags.kdflow.pipeline_id")
         df = df[tag == pipeline_id] if tag is not None else df.iloc[0:0]
+    if exps:
+        tag = _col(df, "tags.kdflow.dvc_exp")
+        df = df[tag.isin(exps)] if tag is not None else df.iloc[0:0]
+    if commit:
+        tags = [_col(df, t) for t in ("tags.kdflow.git_commit", "tags.kdflow.baseline_commit")]
+        keep = [t.fillna("").str.startswith(commit) for t in tags if t is not None]
+        df = df[keep[0] | keep[1]] if len(keep) == 2 else df[keep[0]] if keep else df.iloc[0:0]
     if df.empty:
         what = [
             f"stage {stage}" if stage else "",
             f"pipeline id {pipeline_id}" if pipeline_id else "",
+            f"experiment(s) {', '.join(exps)}" if exps else "",
+            f"commit {commit}" if commit else "",
         ]
         detail = " and ".join(w for w in what if w)
         raise KdflowError(f"no runs found{' for ' + detail if detail else ''}")
@@ -159,12 +172,30 @@ def _compare(args: argparse.Namespace) -> None:
         runs,
         stage=args.stage,
         pipeline_id=args.pipeline_id,
+        exps=args.exp,
+        commit=args.commit,
         sort=args.sort,
         ascending=args.ascending,
         columns=args.columns,
         limit=args.limit,
     )
     sys.stdout.write(render(table, args.format))
+
+
+def _alias(args: argparse.Namespace) -> None:
+    from kdflow.config import TrackingConfig
+    from kdflow.tracking import alias_files, tracking_uri
+
+    uri = args.uri or tracking_uri(TrackingConfig())
+    _store_exists(uri)
+    missing = [str(f) for f in args.files if not Path(f).is_file()]
+    if missing:
+        raise KdflowError(f"no such model file: {', '.join(missing)} (dvc checkout / dvc pull?)")
+    found = alias_files(uri, [Path(f) for f in args.files], args.alias)
+    for path, version in found.items():
+        print(f"{path}: {'@' + args.alias + ' -> ' + version if version else 'no registered run'}")
+    if not any(found.values()):
+        raise KdflowError(f"none of these files was logged by a run in {uri}")
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -229,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--stage", help="only runs of this stage (tag kdflow.stage), e.g. distill")
     cmp_.add_argument("--pipeline-id", help="only runs of one dvc repro / exp run")
     cmp_.add_argument(
+        "--exp",
+        action="append",
+        metavar="NAME",
+        help="only runs of this DVC experiment (repeatable: side by side)",
+    )
+    cmp_.add_argument("--commit", help="only runs at this git commit (or with it as baseline)")
+    cmp_.add_argument(
         "--sort", metavar="METRIC", help="sort by this metric (default: newest first)"
     )
     cmp_.add_argument("--ascending", action="store_true", help="smallest first (e.g. latency)")
@@ -241,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     cmp_.add_argument("--limit", type=_positive, metavar="N", help="show at most N runs")
     cmp_.set_defaults(func=_compare)
+
+    al = sub.add_parser(
+        "alias",
+        help="point a registry alias (default: lock) at the versions whose weights are FILES",
+        description="After `git checkout <rev> && dvc checkout`, `kdflow alias models/*.pt "
+        "models/transfer/*.pt` makes models:/kdflow-<role>@lock the checked-out model.",
+    )
+    al.add_argument("files", nargs="+", metavar="FILE", help="model checkpoints (.pt)")
+    al.add_argument("--alias", default="lock", help="alias name (default: %(default)s)")
+    al.add_argument(
+        "--uri", help=f"tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_UI_STORE})"
+    )
+    al.set_defaults(func=_alias)
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=_port, default=5000)

@@ -67,6 +67,7 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path) -> str:
                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                     **names,
                 )
+        strip_onnx_debug(tmp)
         onnx.checker.check_model(str(tmp))
         os.replace(tmp, path)
     except Exception as exc:
@@ -77,6 +78,35 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path) -> str:
     return exporter
 
 
+def strip_onnx_debug(path: Path) -> None:
+    """Drop per-node debug records (stack traces with this machine's absolute source paths),
+    so the same model exports to the same bytes in any folder: dvc.lock's hash then holds."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *(f for f in model.functions)]
+    for g in graphs:
+        for node in g.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    onnx.save(model, str(path))
+
+
+def _without_debug_records(archive: bytes) -> bytes:
+    """A TorchScript archive without its ``*.debug_pkl`` source maps (absolute paths of this
+    checkout) and with a serialization id computed from what is left: byte-reproducible."""
+    reader = torch._C.PyTorchFileReader(io.BytesIO(archive))
+    out = io.BytesIO()
+    writer = torch._C.PyTorchFileWriter(out)
+    for name in reader.get_all_records():
+        if name.endswith(".debug_pkl") or name == ".data/serialization_id":
+            continue
+        data = reader.get_record(name)
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    return out.getvalue()
+
+
 def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> Path:
     """Trace the model to TorchScript (loadable from C++ without kdflow), written atomically."""
     model = model.cpu().eval()
@@ -85,7 +115,7 @@ def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> P
         warnings.simplefilter("ignore")  # jit is deprecated upstream but still the C++ format
         traced = torch.jit.trace(model, _export_example(example.cpu()))
         torch.jit.save(traced, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, _without_debug_records(buf.getvalue()))
 
 
 def onnx_logits(onnx_path: str | Path, x: Tensor, batch_size: int = 1024) -> Tensor:

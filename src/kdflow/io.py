@@ -127,6 +127,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The hash DVC records for a file in dvc.lock: ties an MLflow run to a DVC output."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -26,6 +26,16 @@ from kdflow.models import count_params
 from kdflow.tracking import Tracker
 from kdflow.trainer import FitResult, Trainer
 
+RUN_FILE = "mlflow_run.json"  # beside the resume checkpoints: the MLflow run they belong to
+
+
+def read_run_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
 
 @dataclass(frozen=True)
 class StagePaths:
@@ -87,20 +97,46 @@ class TrainingStage:
         inputs: dict[str, str],
         seed: int,
         run_name: str | None = None,
+        upstream: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self.paths = paths
         for p in (paths.model, paths.metrics, paths.plots):  # writable before any work
             clean_stale_tmp(ensure_dir(Path(p).parent))
         self.tracker = Tracker(
-            params.tracking, name, logged, inputs, enabled=is_main(), run_name=run_name
+            params.tracking,
+            name,
+            logged,
+            inputs,
+            enabled=is_main(),
+            run_name=run_name,
+            upstream=upstream,
+            pipeline_params=params,
         ).preflight()
+        # An interrupted run of the same params and inputs is continued, not duplicated.
+        self.run_file = paths.checkpoints / RUN_FILE
+        self.run_fingerprint = fingerprint(self.tracker.params, inputs)
+        previous = read_run_file(self.run_file)
+        if previous:
+            same = previous.get("fingerprint") == self.run_fingerprint
+            same = same and previous.get("uri") == self.tracker.uri
+            if same and any(paths.checkpoints.rglob("last.pt")):
+                self.tracker.resume_run_id = previous.get("run_id")
+            else:
+                self.stale_run_id = previous.get("run_id")
         seed_everything(seed)
         self.trainers: list[Trainer] = []
         self.history: list[dict[str, float]] = []
 
+    stale_run_id: str | None = None
+
     def __enter__(self) -> TrainingStage:
         self.tracker.__enter__()
+        if self.stale_run_id and self.stale_run_id != self.tracker.run_id:
+            self.tracker.abandon(self.stale_run_id)
+        if is_main():
+            ensure_dir(self.paths.checkpoints)
+            self.tracker.record_run(self.run_file, self.run_fingerprint)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -123,6 +159,11 @@ class TrainingStage:
         ``phase`` column.
         """
         offset = len(self.history)
+
+        def log(metrics: dict[str, float], epoch: int) -> None:
+            if offset + epoch not in self.tracker.logged_steps:  # a continued run has them
+                self.tracker.log_metrics(metrics, offset + epoch)
+
         trainer = Trainer(
             cfg,
             model,
@@ -131,7 +172,7 @@ class TrainingStage:
             ckpt_dir=self.paths.checkpoints / phase if phase else self.paths.checkpoints,
             fingerprint=fingerprint,
             name=trainer_kwargs.pop("name", self.name),
-            on_epoch=lambda m, e: self.tracker.log_metrics(m, offset + e),
+            on_epoch=log,
             **trainer_kwargs,
         )
         result = trainer.fit()
@@ -153,13 +194,23 @@ class TrainingStage:
         registered_name: str,
         example: torch.Tensor,
     ) -> None:
-        """Write model, metrics and curves atomically (rank 0), log them, drop resume state."""
+        """Write model, metrics and curves atomically (rank 0), log them, drop resume state.
+
+        The checkpoint carries the params that made it (``lineage``), so a stage that starts
+        from it logs them too. Per-epoch series (``train``/``val``) are not logged twice.
+        """
         if is_main():
-            save_model(self.paths.model, model, meta)
+            lineage = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                       for k, v in self.tracker.params.items()}  # fmt: skip
+            save_model(self.paths.model, model, {**meta, "lineage": lineage})
             atomic_write_json(self.paths.metrics, metrics)
             atomic_write_text(self.paths.plots, history_csv(self.history))
-            self.tracker.log_summary({**metrics, "train_seconds": self.seconds})
+            final = {k: v for k, v in metrics.items() if k not in ("train", "val")}
+            self.tracker.log_summary({**final, "train_seconds": self.seconds})
             self.tracker.log_artifact(self.paths.metrics)
+            self.tracker.set_output(self.paths.model)
             self.tracker.log_model(model, registered_name, example)
         for t in self.trainers:
             t.finish()
+        if is_main():
+            self.run_file.unlink(missing_ok=True)

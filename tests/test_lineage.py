@@ -1,0 +1,181 @@
+"""MLflow and DVC records that hold: clean lineage, one run tree per pipeline, queued
+experiments in the repository's store, a copied repository that keeps its artifacts, forced
+re-runs that change no byte, and a local DVC remote a fresh clone pulls from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import BIN, stage_env
+
+STAGES = {"train@teacher", "train@student", "distill", "evaluate"} | {
+    f"transfer@{s}" for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf")
+}
+
+
+def sh(repo: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    tool = str(BIN / args[0]) if (BIN / args[0]).exists() else args[0]
+    proc = subprocess.run(
+        [tool, *args[1:]], cwd=repo, capture_output=True, text=True, timeout=timeout,
+        env=stage_env(repo, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                      GIT_COMMITTER_EMAIL="t@t"),
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{args}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc
+
+
+def client(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def runs(repo: Path, query: str = "") -> list:
+    c = client(repo)
+    exp = c.get_experiment_by_name("kdflow")
+    return c.search_runs([exp.experiment_id], query, max_results=5000)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def first_pipeline(pipeline_repo: Path) -> tuple:
+    """The parent run of the fixture's own `dvc repro` (a clean commit) and its children."""
+    parents = runs(pipeline_repo, "tags.`kdflow.kind` = 'pipeline'")
+    parent = min(parents, key=lambda r: r.info.start_time)
+    children = runs(pipeline_repo, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return parent, children
+
+
+def test_repro_of_a_clean_commit_is_one_clean_run_tree(first_pipeline: tuple) -> None:
+    parent, children = first_pipeline
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("pipeline ")
+    assert {r.data.tags["kdflow.stage"] for r in children} == STAGES
+    assert len(children) == len(STAGES)
+    for r in children:  # DVC rewrote metrics, plots and dvc.lock: none of that is "dirty"
+        assert r.data.tags["kdflow.git_dirty"] == "false", r.data.tags.get("kdflow.git_changed")
+        assert r.info.status == "FINISHED"
+    assert parent.data.params["distill.method"] == "kd"  # the whole params.yaml, for comparing
+    # evaluate linked every model's run into the tree, with its final metrics
+    links = {k: v for k, v in parent.data.tags.items() if k.startswith("kdflow.stage_run.")}
+    assert len(links) == len(STAGES) - 1
+    by_id = {r.info.run_id: r for r in children}
+    assert all(v in by_id for v in links.values())
+
+
+def test_downstream_runs_carry_upstream_params_and_output_hashes(
+    pipeline_repo: Path, first_pipeline: tuple
+) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    _, children = first_pipeline
+    lwf = next(r for r in children if r.data.tags["kdflow.stage"] == "transfer@lwf")
+    p = lwf.data.params
+    assert p["source.distill.method"] == "kd" and p["source.teacher.model.width"] == "16"
+    assert p["transfer.strategy"] == "lwf"
+    lock = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())["stages"]
+    want = {o["path"]: o["md5"] for o in lock["distill"]["outs"]}["models/distilled.pt"]
+    distill = next(r for r in children if r.data.tags["kdflow.stage"] == "distill")
+    assert distill.data.tags["kdflow.output.md5"] == want
+    # one name per metric: the per-epoch series, not a second "val.accuracy" summary
+    assert "val_accuracy" in distill.data.metrics and "val.accuracy" not in distill.data.metrics
+
+
+def test_lock_alias_is_the_checked_out_model(pipeline_repo: Path) -> None:
+    c = client(pipeline_repo)
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    for role, path in (
+        ("distilled", "models/distilled.pt"),
+        ("transfer-lwf", "models/transfer/lwf.pt"),
+    ):
+        version = c.get_model_version_by_alias(f"kdflow-{role}", "lock")
+        assert c.get_run(version.run_id).data.tags["kdflow.output.md5"] == md5(pipeline_repo / path)
+    proc = sh(pipeline_repo, "kdflow", "alias", "models/teacher.pt")
+    assert "@lock -> kdflow-teacher v" in proc.stdout
+
+
+def test_compare_finds_stages_by_dvc_name(pipeline_repo: Path) -> None:
+    proc = sh(pipeline_repo, "kdflow", "compare", "--stage", "transfer@lwf", "--format", "csv")
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) >= 2 and "transfer@lwf" in lines[1]
+
+
+# --------------------------------------------------------- a copy, a remote, experiments
+
+
+@pytest.fixture(scope="module")
+def copy(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline repository copied elsewhere (store and artifacts included), committed."""
+    dest = tmp_path_factory.mktemp("elsewhere") / "repo"
+    shutil.copytree(pipeline_repo, dest, symlinks=True)
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-q", "-m", "results")
+    return dest
+
+
+def test_copied_repo_writes_its_artifacts_inside_itself(copy: Path, pipeline_repo: Path) -> None:
+    sh(copy, "dvc", "repro", "-f", "-s", "transfer@linear_probe")
+    (new,) = runs(copy, "tags.`kdflow.stage` = 'transfer@linear_probe'")[:1]
+    assert new.info.artifact_uri.startswith(copy.resolve().as_uri() + "/mlartifacts/")
+    logged = Path(new.info.artifact_uri.removeprefix("file://"))
+    assert (logged / "linear_probe.json").is_file()
+    old = runs(copy, "tags.`kdflow.stage` = 'train@teacher'")[0]  # older runs moved too
+    assert old.info.artifact_uri.startswith(copy.resolve().as_uri())
+    # the original store still points at the original folder
+    orig = runs(pipeline_repo, "tags.`kdflow.stage` = 'train@teacher'")[0]
+    assert orig.info.artifact_uri.startswith(pipeline_repo.resolve().as_uri())
+
+
+def test_forced_rerun_in_another_folder_changes_no_byte(copy: Path) -> None:
+    sh(copy, "dvc", "repro", "-f", "-s", "evaluate")  # ONNX + TorchScript exported again
+    diff = sh(copy, "dvc", "metrics", "diff", "--json")
+    assert json.loads(diff.stdout or "{}") in ({}, {"metrics/evaluate.json": {}}), diff.stdout
+    status = sh(copy, "git", "status", "--porcelain")
+    assert status.stdout.strip() == "", status.stdout  # metrics, plots, report, dvc.lock
+    sh(copy, "dvc", "status", "--quiet")  # models/export matches the committed dvc.lock
+
+
+def test_local_remote_then_fresh_clone_pulls_clean(copy: Path) -> None:
+    sh(copy, "dvc", "push")  # the committed default remote: ../kdflow-dvc-remote
+    assert (copy.parent / "kdflow-dvc-remote").is_dir()
+    clone = copy.parent / "clone"
+    sh(copy.parent, "git", "clone", "-q", str(copy), str(clone))
+    sh(clone, "dvc", "pull")
+    status = sh(clone, "dvc", "status")
+    assert "up to date" in status.stdout, status.stdout
+    sh(clone, "dvc", "checkout")
+    assert md5(clone / "models/export/distilled.onnx") == md5(copy / "models/export/distilled.onnx")
+
+
+def test_queued_experiments_land_in_the_repos_store(copy: Path) -> None:
+    for name, lam in (("qa", 0.1), ("qb", 0.5)):
+        sh(
+            copy,
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            name,
+            "-S",
+            f"transfer.options.lwf.lambda_old={lam}",
+        )
+    sh(copy, "dvc", "exp", "run", "--run-all", timeout=1200)
+    assert not list((copy / ".dvc/tmp/exps").glob("**/mlflow.db"))
+    rerun = {f"transfer@{s}" for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf")}
+    for name, lam in (("qa", 0.1), ("qb", 0.5)):
+        found = runs(copy, f"tags.`kdflow.dvc_exp` = '{name}'")
+        stages = {r.data.tags["kdflow.stage"] for r in found}
+        assert rerun | {"evaluate", "pipeline"} <= stages, (name, stages)
+        lwf = next(r for r in found if r.data.tags["kdflow.stage"] == "transfer@lwf")
+        assert float(lwf.data.params["transfer.lambda_old"]) == lam
+        assert all(r.data.tags["kdflow.git_dirty"] == "false" for r in found)
+        assert all(r.data.tags["kdflow.baseline_commit"] for r in found)
+        assert all(r.info.status == "FINISHED" for r in found)
