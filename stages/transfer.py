@@ -62,7 +62,8 @@ def main() -> None:
 
     with stage:
         tcfg = strategy_config(cfg.train, opts)
-        chosen = fit_in_stage(stage, model, phases, tcfg, new["train"], fp, name)
+        with stage.working():  # a solved linear probe is work too
+            chosen = fit_in_stage(stage, model, phases, tcfg, new["train"], fp, name)
         summary = transfer_summary(model, (x_new, y_new), (x_old, y_old), before)
         metrics = {"strategy": name, "source": cfg.source, "from_scratch": scratch, **summary}
         metrics["solved"] = chosen
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, exit_now=True)

@@ -101,10 +101,87 @@ def test_lock_alias_is_the_checked_out_model(pipeline_repo: Path) -> None:
     assert "@lock -> kdflow-teacher v" in proc.stdout
 
 
+def test_lock_model_loads_as_pyfunc_and_serves(pipeline_repo: Path) -> None:
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    from kdflow.checkpoint import load_model
+    from kdflow.tasks import load_task
+    from tests.test_reliability import free_port
+
+    uri = f"sqlite:///{pipeline_repo / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    x = load_task(pipeline_repo / "data/prepared/old")["test"][0][:4]
+    local, ckpt = load_model(pipeline_repo / "models/distilled.pt")
+    want = local(x).detach().numpy()
+    info = mlflow.models.get_model_info("models:/kdflow-distilled@lock")
+    assert info.metadata["normalization"] == ckpt["normalization"]
+    got = mlflow.pyfunc.load_model("models:/kdflow-distilled@lock").predict(x.numpy())
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/kdflow-distilled@lock",
+         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+        cwd=pipeline_repo, env=stage_env(pipeline_repo, MLFLOW_TRACKING_URI=uri),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        body = json.dumps({"inputs": x.numpy().tolist()}).encode()
+        deadline, answer = time.time() + 90, None
+        while time.time() < deadline and answer is None:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    body,
+                    {"Content-Type": "application/json"},
+                )
+                answer = json.loads(urllib.request.urlopen(req, timeout=5).read())
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None, "mlflow models serve did not answer within 90 s"
+        np.testing.assert_allclose(np.array(answer["predictions"]), want, atol=1e-4)
+    finally:
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_compare_finds_stages_by_dvc_name(pipeline_repo: Path) -> None:
     proc = sh(pipeline_repo, "kdflow", "compare", "--stage", "transfer@lwf", "--format", "csv")
     lines = proc.stdout.strip().splitlines()
     assert len(lines) >= 2 and "transfer@lwf" in lines[1]
+
+
+def test_dirty_flag_ignores_only_what_dvc_manages(tmp_path: Path, monkeypatch) -> None:
+    from kdflow.tracking import git_state
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/m.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    lock = {
+        "stages": {"s": {"params": {"params.yaml": {"a": 1}}, "outs": [{"path": "metrics/m.json"}]}}
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    sh(tmp_path, "git", "init", "-q")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-q", "-m", "c")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    (tmp_path / "metrics/m.json").unlink()  # what DVC does before running a stage
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock) + "# rewritten by dvc\n")
+    assert git_state()["dirty"] == "false"
+    (tmp_path / "params.yaml").write_text("a: 2\n")  # -S in an experiment: recorded by DVC
+    assert git_state()["dirty"] == "true"
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    assert git_state()["dirty"] == "false"
+    (tmp_path / "code.py").write_text("x = 2\n")  # the code that runs differs: dirty
+    state = git_state()
+    assert state["dirty"] == "true" and state["changed"] == "code.py"
 
 
 # --------------------------------------------------------- a copy, a remote, experiments
@@ -140,6 +217,8 @@ def test_forced_rerun_in_another_folder_changes_no_byte(copy: Path) -> None:
     status = sh(copy, "git", "status", "--porcelain")
     assert status.stdout.strip() == "", status.stdout  # metrics, plots, report, dvc.lock
     sh(copy, "dvc", "status", "--quiet")  # models/export matches the committed dvc.lock
+    (run,) = runs(copy, "tags.`kdflow.stage` = 'evaluate'")[:1]
+    assert run.data.tags["kdflow.git_dirty"] == "false"  # DVC deleted its outputs first: not dirty
 
 
 def test_local_remote_then_fresh_clone_pulls_clean(copy: Path) -> None:

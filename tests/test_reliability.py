@@ -378,6 +378,9 @@ def test_stage_against_a_real_mlflow_server(tmp_path: Path, ready_repo: Path) ->
         assert runs[0].data.metrics["test.accuracy"] > 0.3
         version = client.get_model_version_by_alias("kdflow-student", "newest")
         assert version.run_id == runs[0].info.run_id
+        # the team path: artifacts go through the server into its artifact store
+        assert runs[0].info.artifact_uri.startswith("mlflow-artifacts:")
+        assert list((server_dir / "artifacts").rglob("MLmodel"))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -8,8 +8,11 @@ and the model, metrics and per-epoch curves written atomically (rank 0) and logg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,22 @@ from kdflow.config import Params, TrainConfig
 from kdflow.distributed import is_main, seed_everything
 from kdflow.io import atomic_write_json, atomic_write_text, clean_stale_tmp, ensure_dir
 from kdflow.models import count_params
-from kdflow.tracking import Tracker
+from kdflow.tracking import Tracker, process_seconds
 from kdflow.trainer import FitResult, Trainer
+
+
+def model_card(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a user of the logged model needs besides weights: how to prepare its input."""
+    norm = meta.get("normalization") or {}
+    return {
+        "input": f"float32 NCHW {meta.get('in_channels')}x{meta.get('image_size')}x"
+        f"{meta.get('image_size')}: pixels/255, then (x - mean) / std per channel",
+        "normalization": norm,
+        "classes": list(meta.get("classes") or []),
+        "new_classes": list(meta.get("new_classes_names") or []),
+        "output": "logits (softmax for probabilities)",
+    }
+
 
 RUN_FILE = "mlflow_run.json"  # beside the resume checkpoints: the MLflow run they belong to
 
@@ -127,6 +144,7 @@ class TrainingStage:
         seed_everything(seed)
         self.trainers: list[Trainer] = []
         self.history: list[dict[str, float]] = []
+        self.work_seconds, self._depth = 0.0, 0
 
     stale_run_id: str | None = None
 
@@ -175,11 +193,24 @@ class TrainingStage:
             on_epoch=log,
             **trainer_kwargs,
         )
-        result = trainer.fit()
+        with self.working():
+            result = trainer.fit()
         rows = result.history
         self.history += [{**h, "phase": float(phase)} for h in rows] if phase else rows
         self.trainers.append(trainer)
         return result
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Count the block as the stage's work (training, solving): the rest is fixed cost."""
+        self._depth += 1
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.work_seconds += time.perf_counter() - t0
 
     @property
     def seconds(self) -> float:
@@ -209,7 +240,14 @@ class TrainingStage:
             self.tracker.log_summary({**final, "train_seconds": self.seconds})
             self.tracker.log_artifact(self.paths.metrics)
             self.tracker.set_output(self.paths.model)
-            self.tracker.log_model(model, registered_name, example)
+            self.tracker.log_model(model, registered_name, example, model_card(meta))
+            total = process_seconds()  # MLflow only: what a stage costs besides its work
+            self.tracker.log_metrics({
+                "time.total_seconds": total,
+                "time.work_seconds": self.work_seconds,
+                "time.fixed_seconds": total - self.work_seconds,
+                "time.log_model_seconds": self.tracker.log_model_seconds,
+            })  # fmt: skip
         for t in self.trainers:
             t.finish()
         if is_main():

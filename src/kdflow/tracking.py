@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -39,9 +41,38 @@ from kdflow.config import TrackingConfig
 from kdflow.errors import KdflowError
 from kdflow.io import atomic_write_json, md5_file
 
+_T0 = time.time()
 ALIAS = "newest"  # the version trained last
 LOCK_ALIAS = "lock"  # the version whose weights are the checked-out file (what dvc.lock says)
 EXP_COPIES = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}"  # where DVC runs --queue/--temp
+
+
+def process_seconds() -> float:
+    """Wall time since this process started (Linux), else since kdflow.tracking was imported."""
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - _T0
+
+
+def _prefetch() -> None:
+    """Import what logging a model needs, while the stage trains (a daemon thread).
+
+    The first ``log_model`` of a process otherwise pays ~2-3 s on the critical path for
+    torch.export's and MLflow's lazy imports and MLflow's scan of installed packages.
+    """
+    try:
+        import mlflow.models
+        import mlflow.pytorch  # noqa: F401
+        import torch._dynamo
+        import torch.export  # noqa: F401
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_packages_to_modules_map()  # private; only an optimisation
+    except Exception:
+        pass
 
 
 def project_root() -> Path:
@@ -259,6 +290,7 @@ class Tracker:
         self.resume_run_id = resume_run_id
         self.resumed = False
         self.logged_steps: set[int] = set()
+        self.log_model_seconds = 0.0
 
     # The check runs before any work, so a dead server costs nothing and writes nothing.
     def preflight(self) -> Tracker:
@@ -351,6 +383,8 @@ class Tracker:
         if not self.enabled:
             return self
         self.preflight()
+        if self.cfg.log_models:
+            threading.Thread(target=_prefetch, name="kdflow-prefetch", daemon=True).start()
         db = default_store(self.uri)
         if db is not None:
             relocate_store(db)
@@ -492,11 +526,29 @@ class Tracker:
             self._call("log an artifact", fn, str(path), artifact_path)
 
     def log_model(
-        self, model: nn.Module, registered_name: str, example: torch.Tensor
+        self,
+        model: nn.Module,
+        registered_name: str,
+        example: torch.Tensor,
+        metadata: dict[str, Any] | None = None,
     ) -> str | None:
-        """Log the model with signature and input example; register it; alias the version."""
+        """Log the model with signature, input example and ``metadata`` (the input
+        normalisation and class names travel with it); register it; alias the version."""
         if not (self.enabled and self.cfg.log_models):
             return None
+        t0 = time.perf_counter()
+        try:
+            return self._log_model(model, registered_name, example, metadata)
+        finally:
+            self.log_model_seconds += time.perf_counter() - t0
+
+    def _log_model(
+        self,
+        model: nn.Module,
+        registered_name: str,
+        example: torch.Tensor,
+        metadata: dict[str, Any] | None,
+    ) -> str | None:
         from mlflow.models import infer_signature
 
         model = copy.deepcopy(model).cpu().eval()
@@ -507,6 +559,9 @@ class Tracker:
         signature = infer_signature(example.numpy(), out.numpy())
         reg = registered_name if self.cfg.register_models else None
         # "pt2" (torch.export) needs no pickle to load: nothing unsafe, no kdflow import needed.
+        registry_log = logging.getLogger("mlflow.tracking._model_registry")
+        level = registry_log.level  # "already exists, creating a new version": expected
+        registry_log.setLevel(logging.WARNING)
         with warnings.catch_warnings():  # torch's pt2 packer warns about CPU weights: moot here
             warnings.filterwarnings("ignore", "No complete tensor found", UserWarning)
             info = self._call(
@@ -516,10 +571,12 @@ class Tracker:
                 name=registered_name.removeprefix("kdflow-"),  # the model's role, not "model"
                 signature=signature,
                 input_example=example.numpy(),
+                metadata=metadata,
                 registered_model_name=reg,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 serialization_format="pt2",
             )
+        registry_log.setLevel(level)
         if reg and info.registered_model_version is not None:
             client = mlflow.MlflowClient()
             self._call(
