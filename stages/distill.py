@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from kdflow.checkpoint import lineage, model_meta
 from kdflow.config import load_params
@@ -13,6 +14,7 @@ from kdflow.metrics import agreement_metrics, classification_metrics, predict
 from kdflow.models import model_spec
 from kdflow.stage import StagePaths, TrainingStage, fingerprint, train_summary
 from kdflow.tasks import labelled_train, load_task
+from kdflow.tracking import tracking_uri
 
 
 def main() -> None:
@@ -21,6 +23,9 @@ def main() -> None:
     ap.add_argument("--teacher", required=True, help="teacher checkpoint")
     ap.add_argument("--student", required=True, help="student checkpoint (distill.init: student)")
     ap.add_argument("--cache", required=True, help="folder of cached teacher logits")
+    ap.add_argument(
+        "--external", required=True, type=Path, help="folder DVC tracks for models.student.weights"
+    )
     StagePaths.add_arguments(ap)
     args = ap.parse_args()
     params = load_params(args.params)
@@ -42,7 +47,8 @@ def main() -> None:
     stage = TrainingStage(
         "distill", params, paths, logged, inputs, tcfg.seed, run_name=title, upstream=upstream
     )
-    model, init_hash = initial_student(cfg.init, scfg, task, args.student)
+    store = tracking_uri(params.tracking)
+    model, init_hash = initial_student(cfg.init, scfg, task, args.student, args.external, store)
     objective = build_objective(
         cfg, model, teachers, hashes, task["train"][0], task.content_hash, args.cache
     )

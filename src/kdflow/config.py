@@ -91,6 +91,10 @@ class ModelConfig(Section):
     arch: str = "cnn"
     width: int = Field(32, ge=1, le=4096)
     depth: int = Field(3, ge=1, le=8)
+    # first weights: null (random), a file under external/<role>/ (kdflow checkpoint or a state
+    # dict, e.g. torchvision ImageNet weights), or models:/<name>@<alias>, runs:/<id>/<path>
+    weights: str | None = Field(None, min_length=1)
+    fine_tune: bool = True  # false: adopt a finished model (this task's classes) as is
 
     @field_validator("arch")
     @classmethod

@@ -20,8 +20,9 @@ from kdflow.io import atomic_torch_save, safe_load, sha256_file
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss
 from kdflow.metrics import average_logits, predict
-from kdflow.models import build_model, model_spec
+from kdflow.models import model_spec
 from kdflow.outputs import Outputs
+from kdflow.pretrained import load_initial
 from kdflow.trainer import Objective
 
 
@@ -144,16 +145,20 @@ def build_objective(
 
 
 def initial_student(
-    init: str, spec: Any, task: Any, student_path: str | Path
+    init: str,
+    spec: Any,
+    task: Any,
+    student_path: str | Path,
+    external: Path | None = None,
+    store: str | None = None,
 ) -> tuple[nn.Module, str | None]:
-    """The student distillation starts from: fresh (``scratch``) or ``models/student.pt``.
+    """The student distillation starts from: ``models/student.pt`` (``init: student``) or the
+    student params describe (``scratch``: random, or ``models.student.weights``).
 
-    Returns the model and, when it starts from a checkpoint, that file's hash (for resumes).
+    Returns the model and, when it starts from a file, that file's hash (for resumes).
     """
     if init == "student":
         model, _ = load_model(student_path, "student", model_spec(spec), task.num_classes)
         return model, sha256_file(student_path)
-    model = build_model(
-        spec.arch, task.num_classes, task.in_channels, task.image_size, spec.width, spec.depth
-    )
-    return model, None
+    model, origin = load_initial(spec, task, "student", external, store)
+    return model, origin.digest if origin else None

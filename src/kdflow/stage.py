@@ -34,6 +34,10 @@ def model_card(meta: dict[str, Any]) -> dict[str, Any]:
     """What a user of the logged model needs besides weights: how to prepare its input."""
     norm = meta.get("normalization") or {}
     return {
+        "spec": dict(meta.get("spec") or {}),
+        "num_classes": meta.get("num_classes"),
+        "in_channels": meta.get("in_channels"),
+        "image_size": meta.get("image_size"),
         "input": f"float32 NCHW {meta.get('in_channels')}x{meta.get('image_size')}x"
         f"{meta.get('image_size')}: pixels/255, then (x - mean) / std per channel",
         "normalization": norm,
@@ -99,6 +103,20 @@ def train_summary(result: FitResult, model: nn.Module) -> dict[str, Any]:
         "best_epoch": result.best_epoch + 1,
         "train": {"loss": last.get("train_loss"), "accuracy": last.get("train_accuracy")},
         "val": {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},
+    }
+
+
+def adopted_summary(model: nn.Module, val: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    """A model adopted without training: the same keys, measured, with no epochs."""
+    from kdflow.metrics import classification_metrics, predict
+
+    return {
+        "params": count_params(model),
+        "epochs": 0,
+        "best_epoch": 0,
+        "adopted": True,
+        "train": {"loss": None, "accuracy": None},
+        "val": classification_metrics(predict(model, val[0]), val[1]),
     }
 
 

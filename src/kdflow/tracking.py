@@ -647,6 +647,40 @@ def alias_files(uri: str, files: list[Path], alias: str = LOCK_ALIAS) -> dict[st
     return out
 
 
+def load_logged_weights(uri: str, store: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A logged model's weights, metadata and what the URI resolved to (``name/version``).
+
+    A URI that does not resolve is the user's to fix: one line, exit 2.
+    """
+    from kdflow.errors import ParamsError
+
+    check_reachable(store)
+    db = default_store(store)
+    if db is not None:
+        relocate_store(db)
+    mlflow.set_tracking_uri(store)
+    client = mlflow.MlflowClient()
+    try:
+        info = mlflow.models.get_model_info(uri)
+        resolved = f"run {info.run_id}"
+        if uri.startswith("models:/"):
+            name, _, ref = uri.removeprefix("models:/").partition("@")
+            if ref:
+                v = client.get_model_version_by_alias(name, ref)
+            else:
+                name, _, number = name.partition("/")
+                v = client.get_model_version(name, number)
+            resolved = f"{v.name}/{v.version} (run {v.run_id})"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError) as exc:
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ParamsError(f"weights {uri} does not resolve in the store {store}: {msg}") from None
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return state, dict(info.metadata or {}), resolved
+
+
 def load_registered(name: str, uri: str, alias: str = ALIAS) -> nn.Module:
     """Load a registered model back (tests, notebooks)."""
     mlflow.set_tracking_uri(uri)
