@@ -8,7 +8,7 @@ from pathlib import Path
 from kdflow.checkpoint import lineage, model_meta
 from kdflow.config import load_params
 from kdflow.distill import build_objective, ensemble_logits, initial_student, load_teachers
-from kdflow.distributed import is_main, resolve_device
+from kdflow.distributed import is_main, launch, resolve_device
 from kdflow.errors import run_main
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
 from kdflow.models import model_spec
@@ -29,6 +29,7 @@ def main() -> None:
     StagePaths.add_arguments(ap)
     args = ap.parse_args()
     params = load_params(args.params)
+    launch(params.compute)  # several processes: re-run under torch.distributed.run
     cfg, scfg, tcfg = params.distill, params.models.student, params.distill.train
     task = load_task(args.data)
     device = resolve_device(tcfg.device)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kdflow.checkpoint import model_meta
 from kdflow.config import load_params
-from kdflow.distributed import is_main
+from kdflow.distributed import is_main, launch
 from kdflow.errors import run_main
 from kdflow.metrics import classification_metrics, predict
 from kdflow.models import model_spec
@@ -32,6 +32,7 @@ def main() -> None:
     StagePaths.add_arguments(ap)
     args = ap.parse_args()
     role, params = args.role, load_params(args.params)
+    launch(params.compute)  # several processes: re-run under torch.distributed.run
     mcfg, tcfg = getattr(params.models, role), getattr(params.train, role)
     task = load_task(args.data)
     model, origin = load_initial(mcfg, task, role, args.external, tracking_uri(params.tracking))

@@ -6,7 +6,7 @@ import argparse
 
 from kdflow.checkpoint import load_model, model_meta
 from kdflow.config import load_params
-from kdflow.distributed import is_main
+from kdflow.distributed import is_main, launch
 from kdflow.errors import ParamsError, run_main
 from kdflow.io import sha256_file
 from kdflow.metrics import classification_metrics, predict
@@ -25,6 +25,7 @@ def main() -> None:
     StagePaths.add_arguments(ap)
     args = ap.parse_args()
     params = load_params(args.params)
+    launch(params.compute)  # several processes: re-run under torch.distributed.run
     cfg, name = params.transfer, args.strategy
     builder = STRATEGIES.get(name)
     if name not in cfg.strategies:

@@ -28,7 +28,7 @@ def _repo(tmp: Path, name: str, batch: int) -> Path:
 def test_two_processes_match_one(tmp_path: Path) -> None:
     single = _repo(tmp_path, "single", 64)
     run_stage(single, "stages/train.py", "student")
-    ddp = _repo(tmp_path, "ddp", 32)  # 2 ranks x 32 = the same global batch
+    ddp = _repo(tmp_path, "ddp", 64)  # the global batch: 2 ranks x 32
     proc = subprocess.run(
         [
             str(BIN / "torchrun"),
@@ -51,4 +51,51 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     # rank 0 alone wrote and logged: one run in the store, no leftover resume checkpoint
     assert not (ddp / "checkpoints/student/last.pt").exists()
     assert proc.stdout.count("test accuracy") == 1
-    assert yaml.safe_load((ddp / "params.yaml").read_text())["train"]["student"]["batch_size"] == 32
+    assert yaml.safe_load((ddp / "params.yaml").read_text())["train"]["student"]["batch_size"] == 64
+
+
+def test_compute_section_runs_the_pipeline_on_two_processes(
+    tmp_path: Path, pipeline_repo: Path
+) -> None:
+    """`compute.nproc_per_node: 2` makes dvc repro launch train, distill and transfer through
+    torch.distributed.run; accuracies stay within the tolerance of the 1-process pipeline."""
+    import mlflow
+
+    params = tiny_params()
+    params["compute"]["nproc_per_node"] = 2
+    repo = make_repo(tmp_path / "two", params)
+    proc = subprocess.run(
+        [str(BIN / "dvc"), "repro", "transfer@finetune"], cwd=repo, capture_output=True,
+        text=True, timeout=900, env=stage_env(repo),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "OMP_NUM_THREADS" not in proc.stderr  # no launcher warning a user cannot act on
+
+    def finals(store: Path, first_pipeline: bool) -> dict[str, tuple[str, float]]:
+        c = mlflow.MlflowClient(f"sqlite:///{store}")
+        exp = c.get_experiment_by_name("kdflow").experiment_id
+        parents = c.search_runs([exp], "tags.`kdflow.kind` = 'pipeline'")
+        parent = min(parents, key=lambda r: r.info.start_time) if first_pipeline else parents[0]
+        out = {}
+        for r in c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"):
+            m = r.data.metrics
+            acc = m.get("test.accuracy", m.get("new_task.accuracy"))
+            out[r.data.tags["kdflow.stage"]] = (r.data.tags.get("kdflow.world_size"), acc)
+        return out
+
+    two, one = finals(repo / "mlflow.db", False), finals(pipeline_repo / "mlflow.db", True)
+    stages = {"train@teacher", "train@student", "distill", "transfer@finetune"}
+    assert set(two) == stages, two
+    for stage in stages:
+        assert two[stage][0] == "2" and one[stage][0] == "1", (stage, two[stage], one[stage])
+        assert abs(two[stage][1] - one[stage][1]) <= TOLERANCE, (stage, two[stage], one[stage])
+
+
+def test_rendezvous_that_does_not_answer_one_line_exit_2(tmp_path: Path) -> None:
+    params = tiny_params()
+    params["compute"].update(nnodes=2, rdzv_endpoint="192.0.2.1:29400", rdzv_timeout=1)
+    repo = make_repo(tmp_path / "rdzv", params)
+    proc = run_stage(repo, "stages/train.py", "student", check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "compute.rdzv_endpoint = 192.0.2.1:29400 does not answer" in lines[0]

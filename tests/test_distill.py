@@ -80,6 +80,36 @@ def test_cached_and_online_teacher_give_the_same_loss(digits_dir: Path, tmp_path
         torch.testing.assert_close(online, cached, rtol=1e-5, atol=1e-6)
 
 
+def test_online_teacher_under_amp_gives_the_cached_targets(
+    digits_dir: Path, tmp_path: Path
+) -> None:
+    task = load_task(digits_dir / "old")
+    seed_everything(0)
+    teacher = freeze(build_model("cnn", 5, 1, 8, width=8, depth=2))
+    x, _ = task["train"]
+    cache = cached_teacher_logits([teacher], x, "k", tmp_path)
+    loss = LOSSES.get("kd")(DistillConfig(method="kd"), [], [])
+    idx = torch.arange(0, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the Trainer does when amp is on
+        online = DistillObjective(loss, [teacher]).teacher_outputs(x[idx], idx).logits
+    assert online.dtype == torch.float32
+    torch.testing.assert_close(online, cache[idx], rtol=0, atol=1e-6)
+
+
+def test_ddp_padding_is_not_counted(monkeypatch) -> None:
+    import kdflow.trainer as tr
+
+    task_x, task_y = torch.zeros(5, 1, 8, 8), torch.zeros(5, dtype=torch.long)
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=2), torch.nn.Flatten(), (task_x, task_y))
+    monkeypatch.setattr(tr, "initialized", lambda: True)
+    monkeypatch.setattr(tr, "world_size", lambda: 2)
+    # 5 samples on 2 ranks: DistributedSampler gives each 3, rank 1's third is padding
+    monkeypatch.setattr(tr, "rank", lambda: 1)
+    assert trainer._real(0, 2).tolist() == [True, True] and trainer._real(2, 1).tolist() == [False]
+    monkeypatch.setattr(tr, "rank", lambda: 0)
+    assert trainer._real(2, 1).tolist() == [True]
+
+
 def test_cache_key_changes_with_teacher_or_data() -> None:
     k = cache_key(["a"], "d")
     assert k != cache_key(["b"], "d") and k != cache_key(["a"], "e") and k == cache_key(["a"], "d")

@@ -239,6 +239,22 @@ class EvaluateConfig(Section):
     onnx: bool = True
 
 
+class ComputeConfig(Section):
+    """How many processes a training stage runs on; more than one: torch.distributed.run."""
+
+    nproc_per_node: int = Field(1, ge=1, le=1024)
+    nnodes: int = Field(1, ge=1, le=4096)
+    rdzv_endpoint: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+:[0-9]{1,5}$")
+    rdzv_id: str = Field("kdflow", pattern=r"^[A-Za-z0-9_.\-]+$")
+    rdzv_timeout: int = Field(60, ge=1)  # seconds to wait for another node's endpoint
+
+    @model_validator(mode="after")
+    def _multinode(self) -> ComputeConfig:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the first node)")
+        return self
+
+
 class TrackingConfig(Section):
     uri: str | None = None
     experiment: str = Field("kdflow", min_length=1)
@@ -254,6 +270,7 @@ class Params(Section):
     transfer: TransferConfig = TransferConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _same_labels(self) -> Params:

@@ -101,7 +101,9 @@ class DistillObjective(Objective):
         for t in self._teachers:
             if next(t.parameters()).device != x.device:
                 t.to(x.device)
-        with torch.no_grad():
+        # fp32 even under AMP: the same precision as the cached logits (bf16 moved them ~3e-3)
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            x = x.float()
             if self.loss.needs_features:
                 out = self._teachers[0](x, with_features=True)
                 if len(self._teachers) > 1:

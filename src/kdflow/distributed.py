@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import atexit
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from kdflow.errors import KdflowError
+from kdflow.errors import KdflowError, ParamsError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -65,6 +66,58 @@ def init_distributed(device: torch.device) -> None:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+
+
+def _local(host: str) -> bool:
+    import socket
+
+    names = {"localhost", "127.0.0.1", "::1", "0.0.0.0", socket.gethostname(), socket.getfqdn()}
+    return host in names
+
+
+def check_endpoint(endpoint: str, timeout: float) -> None:
+    """Another node's rendezvous must answer: wait ``timeout`` s, then one line, exit 2."""
+    import socket
+    import time
+
+    host, port = endpoint.rsplit(":", 1)
+    if _local(host):
+        return  # this node hosts the rendezvous
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ParamsError(
+                    f"compute.rdzv_endpoint = {endpoint} does not answer after {timeout:g} s "
+                    f"({exc.strerror or exc}); start the first node there or fix the address"
+                ) from None
+            time.sleep(1)
+
+
+def launch(compute: Any) -> None:
+    """Run this stage on ``compute.nproc_per_node`` x ``nnodes`` processes: re-execute it
+    under torch.distributed.run (PyTorch's elastic launcher) unless already launched. Ranks
+    see the same command line; rank 0 writes and logs."""
+    if compute.nproc_per_node * compute.nnodes <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    cmd += [f"--nproc_per_node={compute.nproc_per_node}", f"--nnodes={compute.nnodes}"]
+    if compute.rdzv_endpoint:
+        check_endpoint(compute.rdzv_endpoint, compute.rdzv_timeout)
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={compute.rdzv_endpoint}"]
+        cmd += [f"--rdzv_id={compute.rdzv_id}"]
+    else:
+        cmd += ["--standalone"]
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # share the cores (torchrun would say 1, with a warning)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // compute.nproc_per_node))
+    raise SystemExit(subprocess.call([*cmd, *sys.argv], env=env))
 
 
 def barrier() -> None:

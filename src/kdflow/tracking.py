@@ -333,6 +333,7 @@ class Tracker:
             "kdflow.git_dirty": git["dirty"],
             "mlflow.source.git.commit": git["commit"],
             "kdflow.git_commit": git["commit"],
+            "kdflow.world_size": os.environ.get("WORLD_SIZE", "1"),  # processes of the stage
         }
         if git["changed"]:
             tags["kdflow.git_changed"] = git["changed"]

@@ -27,8 +27,10 @@ from kdflow.distributed import (
     init_distributed,
     initialized,
     is_main,
+    rank,
     resolve_device,
     tune_backends,
+    world_size,
 )
 from kdflow.errors import KdflowError
 from kdflow.io import atomic_torch_save, clean_stale_tmp, safe_load
@@ -106,7 +108,10 @@ class Trainer:
         self.fingerprint = fingerprint
         self.extra_metrics = extra_metrics
         self.on_epoch = on_epoch
-        self.loader, self.set_epoch = make_loader(self.train_data, cfg.batch_size, cfg.seed)
+        # batch_size is the global batch: split over the processes, so the same params give
+        # the same optimisation (steps, lr, batch) on 1 process or many
+        per_rank = max(1, cfg.batch_size // world_size()) if initialized() else cfg.batch_size
+        self.loader, self.set_epoch = make_loader(self.train_data, per_rank, cfg.seed)
         # A budget counts optimizer steps: a small dataset goes round several times per epoch
         # so that the whole run makes at least ``min_steps`` steps.
         self.repeats = max(1, math.ceil(cfg.min_steps / max(cfg.epochs * len(self.loader), 1)))
@@ -168,15 +173,28 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------
     def _batches(self, epoch: int) -> Any:
+        """Batches of the epoch, each with the position of its first sample on this rank."""
         for r in range(self.repeats):
             self.set_epoch(epoch * self.repeats + r)
-            yield from self.loader
+            pos = 0
+            for x, y, idx in self.loader:
+                yield x, y, idx, pos
+                pos += len(y)
+
+    def _real(self, pos: int, n: int) -> Tensor | None:
+        """Which of a batch's samples are real, not DistributedSampler's padding (it repeats
+        samples so every rank gets as many): local position j is global j * world + rank."""
+        if not initialized():
+            return None
+        world, me, size = world_size(), rank(), len(self.train_data)
+        return ((torch.arange(pos, pos + n) * world + me) < size).to(self.device)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.ddp_model.train()
         # Augmentation draws from the global generator: seed it per epoch, so resuming at
         # an epoch boundary replays exactly what an uninterrupted run would have done.
-        torch.manual_seed(self.cfg.seed * 100_003 + epoch)
+        # Each rank draws its own augmentation (rank 0 draws what one process would).
+        torch.manual_seed(self.cfg.seed * 100_003 + epoch + 1_000_003 * rank())
         acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # no fp64 on MPS
         totals = torch.zeros(4, dtype=acc_dtype, device=self.device)
         parts_sum: dict[str, float] = {}
@@ -194,7 +212,7 @@ class Trainer:
         amp_ctx = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
         )
-        for step, (x, y, idx) in enumerate(self._batches(epoch)):
+        for step, (x, y, idx, pos) in enumerate(self._batches(epoch)):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -221,8 +239,11 @@ class Trainer:
                 )
             self.optimizer.step()
             self.scheduler.step()
-            n = y.numel()
+            real = self._real(pos, y.numel())
+            n = y.numel() if real is None else int(real.sum())  # padding counts in no metric
             labelled = y >= 0  # -1 marks an image without a label (distillation only)
+            if real is not None:
+                labelled = labelled & real
             totals += torch.stack(
                 [
                     loss.detach().to(acc_dtype) * n,
