@@ -120,6 +120,17 @@ def test_imagefolder(tmp_path: Path) -> None:
     assert m["new"]["per_class"]["train"] == {"eel": 4, "fox": 4}
 
 
+def test_classes_by_folder_name(tmp_path: Path) -> None:
+    _write_images(tmp_path / "imgs", {"cat": 10, "dog": 10, "eel": 10, "fox": 10})
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path / "imgs"), image_size=16,
+                     old_classes=["fox", "cat"], new_classes=[1, "eel"], shots_per_class=4)  # fmt: skip
+    m = prepare(cfg, tmp_path / "out")
+    assert m["old"]["classes"] == [{"id": 3, "name": "fox"}, {"id": 0, "name": "cat"}]
+    assert m["new"]["per_class"]["train"] == {"dog": 4, "eel": 4}
+    with pytest.raises(ParamsError, match="name the same class"):
+        prepare(cfg.model_copy(update={"new_classes": ["dog", 3]}), tmp_path / "out2")
+
+
 def test_imagefolder_empty_or_single_class(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(KdflowError, match="no class subfolders"):

@@ -97,6 +97,19 @@ def one_class_folder(repo: Path) -> None:
     set_param("data.root", str(repo / "imgs"))(repo)
 
 
+def unknown_class_name(repo: Path) -> None:
+    from PIL import Image
+
+    for name in ("cat", "dog", "eel", "fox"):
+        (repo / "imgs" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), color=i * 40).save(repo / "imgs" / name / f"{i}.png")
+    set_param("data.dataset", "imagefolder")(repo)
+    set_param("data.root", str(repo / "imgs"))(repo)
+    set_param("data.old_classes", ["cat", "dog"])(repo)
+    set_param("data.new_classes", ["eel", "zebra"])(repo)
+
+
 def file_in_the_way(repo: Path) -> None:
     shutil.rmtree(repo / "plots")
     (repo / "plots").write_text("not a folder")
@@ -139,6 +152,7 @@ CASES = [
     ("too-many-shots", set_param("data.shots_per_class", 1000), PREPARE, ["data.shots_per_class = 1000 is more than class 5"], 2),
     ("empty-imagefolder", empty_folder, PREPARE, ["no class subfolders with images"], 1),
     ("one-class-imagefolder", one_class_folder, PREPARE, ["one class (cat)", "at least 2"], 1),
+    ("unknown-class-name", unknown_class_name, PREPARE, ["data.new_classes", "names classes ['zebra']", "names cat, dog, eel, fox"], 2),
     ("missing-dataset", set_param("data.dataset", "mnist"), PREPARE, ["dataset MNIST not found: looked in", "data.download: true"], 1),
     ("truncated-checkpoint", truncate_teacher, DISTILL, ["teacher models/teacher.pt is corrupt or truncated"], 1),
     ("other-architecture", lambda r: (set_param("distill.init", "student")(r), set_param("models.student.width", 6)(r)), DISTILL,

@@ -54,8 +54,9 @@ class DataConfig(Section):
     dataset: str = "fashion_mnist"
     root: str | None = None
     download: bool = False
-    old_classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=2)
-    new_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9], min_length=2)
+    # class ids, or class names (an image folder's subfolder names, a dataset's class names)
+    old_classes: list[int | str] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=2)
+    new_classes: list[int | str] = Field(default_factory=lambda: [5, 6, 7, 8, 9], min_length=2)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     shots_per_class: int = Field(100, ge=1)
     max_train_per_class: int | None = Field(None, ge=2)
@@ -70,8 +71,8 @@ class DataConfig(Section):
 
     @field_validator("old_classes", "new_classes")
     @classmethod
-    def _classes(cls, v: list[int]) -> list[int]:
-        if any(c < 0 for c in v):
+    def _classes(cls, v: list[int | str]) -> list[int | str]:
+        if any(isinstance(c, int) and c < 0 for c in v):
             raise ValueError("class ids must be >= 0")
         if len(set(v)) != len(v):
             raise ValueError("class ids must be distinct")

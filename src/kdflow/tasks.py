@@ -101,17 +101,32 @@ def _write_task(
     return manifest
 
 
+def resolve_classes(cfg: DataConfig, names: list[str]) -> DataConfig:
+    """Class lists given by name (an image folder's subfolders) or id, as ids."""
+    k, ids = len(names), {}
+    for key in ("old_classes", "new_classes"):
+        listed = getattr(cfg, key)
+        bad = [c for c in listed if (c not in names if isinstance(c, str) else c >= k)]
+        if bad:
+            shown = ", ".join(names[:20]) + (", ..." if k > 20 else "")
+            raise ParamsError(
+                f"params.yaml: data.{key} = {listed} names classes {bad} that {cfg.dataset} "
+                f"does not have; allowed: ids 0..{k - 1} or names {shown}"
+            )
+        ids[key] = [names.index(c) if isinstance(c, str) else c for c in listed]
+    both = sorted(set(ids["old_classes"]) & set(ids["new_classes"]))
+    if both or any(len(set(v)) != len(v) for v in ids.values()):
+        raise ParamsError(
+            f"params.yaml: data.old_classes and data.new_classes name the same class "
+            f"({[names[i] for i in both] or 'twice in one list'}); they must be disjoint"
+        )
+    return cfg.model_copy(update=ids)
+
+
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Build ``out_dir/old`` and ``out_dir/new`` from the configured dataset."""
     raw = DATASETS.get(cfg.dataset)(cfg)
-    k = len(raw.class_names)
-    for key in ("old_classes", "new_classes"):
-        bad = [c for c in getattr(cfg, key) if c >= k]
-        if bad:
-            raise ParamsError(
-                f"params.yaml: data.{key} = {getattr(cfg, key)} names classes {bad} that "
-                f"{cfg.dataset} does not have; allowed: ids 0..{k - 1}"
-            )
+    cfg = resolve_classes(cfg, raw.class_names)
     old_idx, new_idx = _split_old(raw, cfg), _split_new(raw, cfg)
     x = raw.train_x[old_idx["train"]].astype(np.float64) / 255.0
     mean = [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))]
