@@ -34,6 +34,8 @@ def main() -> None:
         )
     opts, scratch = cfg.options_for(name), STRATEGIES.meta(name).get("from_scratch", False)
     old, new = load_task(args.old), load_task(args.new)
+    if new.num_classes == 0:
+        raise ParamsError("params.yaml: data.new_classes = [] leaves no new task to transfer to")
     source, ckpt = load_model(args.source, f"transfer source ({cfg.source})", None, old.num_classes)
     source_hash = sha256_file(args.source)
     logged = {"transfer": {"strategy": name, "source": cfg.source, **opts}, "train": cfg.train}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kdflow.config import DataConfig
 from kdflow.datasets import DATASETS
@@ -78,10 +79,26 @@ def test_new_task_change_leaves_old_task_bytes_identical(tmp_path: Path) -> None
 
 def test_normalisation_comes_from_old_train_only(digits_dir: Path) -> None:
     old, new = load_task(digits_dir / "old"), load_task(digits_dir / "new")
-    x, _ = old["train"]
+    x = old["train"][0][:]  # the whole split as one tensor
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
     assert new.manifest["normalization"] == old.manifest["normalization"]
     assert old.num_classes == 5 and set(old.splits) == {"train", "val", "test"}
+
+
+def test_splits_are_read_batch_by_batch(digits_dir: Path) -> None:
+    import pickle
+
+    x, y = load_task(digits_dir / "old")["train"]
+    from kdflow.images import NpyRows
+
+    assert isinstance(x.array, NpyRows)  # read per batch, not loaded
+    assert len(pickle.dumps(x)) < 2000  # a worker gets the path, not the pixels
+    whole = x[:]
+    idx = torch.tensor([7, 3, 3, 0])
+    torch.testing.assert_close(x[idx], whole[idx], rtol=0, atol=0)  # any order, repeats
+    sub = x.subset(y == 2)
+    assert len(sub) == int((y == 2).sum()) and sub.shape[1:] == whole.shape[1:]
+    torch.testing.assert_close(sub[1:3], whole[y == 2][1:3], rtol=0, atol=0)
 
 
 def test_too_many_shots_and_unknown_class_ids(tmp_path: Path) -> None:

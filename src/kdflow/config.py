@@ -56,7 +56,8 @@ class DataConfig(Section):
     download: bool = False
     # class ids, or class names (an image folder's subfolder names, a dataset's class names)
     old_classes: list[int | str] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=2)
-    new_classes: list[int | str] = Field(default_factory=lambda: [5, 6, 7, 8, 9], min_length=2)
+    new_classes: list[int | str] = Field(default_factory=lambda: [5, 6, 7, 8, 9])  # []: none
+
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     shots_per_class: int = Field(100, ge=1)
     max_train_per_class: int | None = Field(None, ge=2)
@@ -72,6 +73,8 @@ class DataConfig(Section):
     @field_validator("old_classes", "new_classes")
     @classmethod
     def _classes(cls, v: list[int | str]) -> list[int | str]:
+        if len(v) == 1:
+            raise ValueError("a task needs at least 2 classes (new_classes may be [] for none)")
         if any(isinstance(c, int) and c < 0 for c in v):
             raise ValueError("class ids must be >= 0")
         if len(set(v)) != len(v):
@@ -116,6 +119,9 @@ class TrainConfig(Section):
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     augment: bool = False
+    augment_policy: Literal["pad_crop", "resized_crop"] = "pad_crop"  # CIFAR- / ImageNet-style
+    hflip: bool = True  # horizontal flips when augmenting (off for digits, text, ...)
+    workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes (0: in the main process)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     select: Literal["best", "last"] = "best"

@@ -11,9 +11,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def eval_batch(x: Tensor, batch_size: int | None = None) -> int:
+    """Images per inference batch: 1024, fewer for large images (about 64 MB of input)."""
+    if batch_size is not None:
+        return batch_size
+    per_image = 1
+    for d in x.shape[1:]:
+        per_image *= int(d)
+    return max(16, min(1024, (1 << 24) // max(per_image, 1)))
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int | None = None) -> Tensor:
     """Logits for all of ``x`` in eval mode, on the model's device (CPU result)."""
+    batch_size = eval_batch(x, batch_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

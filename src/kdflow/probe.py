@@ -14,12 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdflow.metrics import eval_batch
+
 C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))  # inverse L2 strengths tried
 
 
 @torch.inference_mode()
-def embeddings(net: nn.Module, x: Tensor, batch_size: int = 1024) -> np.ndarray:
+def embeddings(net: nn.Module, x: Tensor, batch_size: int | None = None) -> np.ndarray:
     """Pooled backbone features of ``x`` in eval mode (float64, for the solver)."""
+    batch_size = eval_batch(x, batch_size)
     was = net.training
     net.eval()
     device = next(net.parameters()).device

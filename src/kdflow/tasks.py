@@ -19,6 +19,7 @@ from torch import Tensor
 from kdflow.config import DataConfig
 from kdflow.datasets import DATASETS, RawData
 from kdflow.errors import KdflowError, ParamsError
+from kdflow.images import Images, write_npy_rows
 from kdflow.io import atomic_dir, atomic_write_json, sha256_files
 
 
@@ -65,7 +66,39 @@ def _split_new(raw: RawData, cfg: DataConfig) -> dict[str, np.ndarray]:
             )
         train.append(np.sort(rng.choice(pool, size=cfg.shots_per_class, replace=False)))
         test.append(_subsample(np.flatnonzero(raw.test_y == c), cfg.max_test_per_class, rng))
+    if not train:  # data.new_classes: [] (e.g. a CIFAR-100 recipe using all 100 classes)
+        return {"train": np.zeros(0, np.int64), "test": np.zeros(0, np.int64)}
     return {"train": np.concatenate(train), "test": np.concatenate(test)}
+
+
+CHUNK_BYTES = 16 << 20  # uint8 bytes per read: bounded memory at any dataset size
+
+
+def _chunk(x: Any) -> int:
+    per_image = int(np.prod(x.shape[1:]))
+    return max(1, CHUNK_BYTES // per_image)
+
+
+def save_rows(path: Path, src: np.ndarray, rows: np.ndarray) -> None:
+    """``np.save(path, src[rows])`` without holding ``src[rows]`` in memory (same bytes)."""
+    step = _chunk(src)
+    blocks = (src[rows[i : i + step]] for i in range(0, len(rows), step))
+    write_npy_rows(path, (len(rows), *src.shape[1:]), blocks)
+
+
+def channel_stats(x: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``x[rows] / 255``, two passes over chunks (float64)."""
+    n = len(rows) * x.shape[2] * x.shape[3]
+    step, total = _chunk(x), np.zeros(x.shape[1])
+    for i in range(0, len(rows), step):
+        total += (x[rows[i : i + step]].astype(np.float64) / 255.0).sum(axis=(0, 2, 3))
+    mean = total / n
+    sq = np.zeros(x.shape[1])
+    for i in range(0, len(rows), step):
+        part = x[rows[i : i + step]].astype(np.float64) / 255.0 - mean[None, :, None, None]
+        sq += (part * part).sum(axis=(0, 2, 3))
+    std = np.sqrt(sq / n)
+    return [round(float(v), 6) for v in mean], [round(max(float(v), 1e-6), 6) for v in std]
 
 
 def _write_task(
@@ -85,7 +118,7 @@ def _write_task(
                 (raw.test_x, raw.test_y) if split == "test" else (raw.train_x, raw.train_y)
             )
             y = np.array([remap[int(v)] for v in src_y[ids]], dtype=np.int64)
-            np.save(tmp / f"{split}_x.npy", np.ascontiguousarray(src_x[ids]))
+            save_rows(tmp / f"{split}_x.npy", src_x, ids)
             np.save(tmp / f"{split}_y.npy", y)
             per_class[split] = {raw.class_names[c]: int((y == i).sum()) for c, i in remap.items()}
         manifest = {
@@ -128,22 +161,24 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, dict[str, Any]]:
     raw = DATASETS.get(cfg.dataset)(cfg)
     cfg = resolve_classes(cfg, raw.class_names)
     old_idx, new_idx = _split_old(raw, cfg), _split_new(raw, cfg)
-    x = raw.train_x[old_idx["train"]].astype(np.float64) / 255.0
-    mean = [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))]
-    std = [round(max(float(v), 1e-6), 6) for v in x.std(axis=(0, 2, 3))]
+    mean, std = channel_stats(raw.train_x, old_idx["train"])
     out_dir = Path(out_dir)
-    return {
-        "old": _write_task(out_dir / "old", raw, old_idx, cfg.old_classes, mean, std, cfg),
-        "new": _write_task(out_dir / "new", raw, new_idx, cfg.new_classes, mean, std, cfg),
-    }
+    try:
+        return {
+            "old": _write_task(out_dir / "old", raw, old_idx, cfg.old_classes, mean, std, cfg),
+            "new": _write_task(out_dir / "new", raw, new_idx, cfg.new_classes, mean, std, cfg),
+        }
+    finally:
+        raw.close()
 
 
 @dataclass
 class Task:
-    """A prepared task in memory: normalised float images per split, labels, class info."""
+    """A prepared task: images per split (memory-mapped, normalised on access), labels, class
+    info."""
 
     path: Path
-    splits: dict[str, tuple[Tensor, Tensor]]
+    splits: dict[str, tuple[Images, Tensor]]
     manifest: dict[str, Any]
 
     @property
@@ -166,7 +201,7 @@ class Task:
     def content_hash(self) -> str:
         return str(self.manifest["content_hash"])
 
-    def __getitem__(self, split: str) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, split: str) -> tuple[Images, Tensor]:
         return self.splits[split]
 
 
@@ -179,13 +214,13 @@ def load_task(path: str | Path) -> Task:
     try:
         manifest = json.loads(mpath.read_text())
         norm = manifest["normalization"]
-        mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
         splits = {}
         for split in manifest["per_class"]:
-            x = torch.from_numpy(np.load(path / f"{split}_x.npy", allow_pickle=False))
+            x = Images(path / f"{split}_x.npy", norm["mean"], norm["std"])
             y = torch.from_numpy(np.load(path / f"{split}_y.npy", allow_pickle=False))
-            splits[split] = ((x.float().div_(255.0) - mean) / std, y.long())
+            if len(x) != len(y):
+                raise ValueError(f"{split}: {len(x)} images but {len(y)} labels")
+            splits[split] = (x, y.long())
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise KdflowError(f"prepared task {path} is damaged ({exc}); re-run prepare") from None
     return Task(path, splits, manifest)
@@ -210,11 +245,13 @@ def label_mask(y: Tensor, fraction: float, seed: int) -> Tensor:
 
 def labelled_train(
     task: Task, fraction: float, seed: int, hide: bool = False
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Images, Tensor]:
     """The training split with only ``fraction`` of its labels: the labelled images alone, or
     (``hide``) every image with -1 in place of a dropped label (for distillation)."""
     x, y = task["train"]
     keep = label_mask(y, fraction, seed)
     if hide:
         return x, torch.where(keep, y, torch.full_like(y, -1))
-    return x[keep], y[keep]
+    if bool(keep.all()):
+        return x, y
+    return x.subset(keep), y[keep]

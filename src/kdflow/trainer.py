@@ -102,7 +102,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.objective = (objective or Objective(cfg.label_smoothing)).to(self.device)
-        self.train_data = TensorBatches(*train, augment=cfg.augment)
+        self.train_data = TensorBatches(
+            *train, augment=cfg.augment, policy=cfg.augment_policy, hflip=cfg.hflip
+        )
         self.val = val
         self.ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
         self.fingerprint = fingerprint
@@ -111,7 +113,13 @@ class Trainer:
         # batch_size is the global batch: split over the processes, so the same params give
         # the same optimisation (steps, lr, batch) on 1 process or many
         per_rank = max(1, cfg.batch_size // world_size()) if initialized() else cfg.batch_size
-        self.loader, self.set_epoch = make_loader(self.train_data, per_rank, cfg.seed)
+        self.loader, self.set_epoch = make_loader(
+            self.train_data,
+            per_rank,
+            cfg.seed,
+            workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         # A budget counts optimizer steps: a small dataset goes round several times per epoch
         # so that the whole run makes at least ``min_steps`` steps.
         self.repeats = max(1, math.ceil(cfg.min_steps / max(cfg.epochs * len(self.loader), 1)))

@@ -6,6 +6,7 @@ A loader receives the validated ``data`` section; add a dataset by dropping a mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,12 @@ class RawData:
     test_y: np.ndarray
     class_names: list[str]
     source: str
+    cleanup: Any = None  # called once prepare is done (e.g. deletes a decoded image cache)
+
+    def close(self) -> None:
+        if self.cleanup is not None:
+            self.cleanup()
+            self.cleanup = None
 
     def __post_init__(self) -> None:
         for name in ("train_x", "test_x"):

@@ -1,13 +1,23 @@
-"""A user's own images: ``root/<class>/*.png`` (or ``root/train/<class>`` and ``root/test/<class>``)."""
+"""A user's own images: ``root/<class>/*.png`` (or ``root/train/<class>`` and ``root/test/<class>``).
+
+Decoded in parallel at ``data.image_size`` (shorter side resized, centre crop: the aspect ratio
+is kept) into memory-mapped arrays on disk, so a folder of any size never sits in memory.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from kdflow.datasets import DATASETS, RawData
 from kdflow.errors import KdflowError
+from kdflow.images import NpyRows, write_npy_rows
 
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -21,19 +31,48 @@ def _scan(folder: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _read(files: list[Path], size: int, gray: bool) -> np.ndarray:
+def _load(path: Path, size: int, gray: bool) -> np.ndarray:
+    """One image as torchvision's Resize(size) + CenterCrop(size) would: the shorter side
+    scaled to ``size`` (aspect ratio kept), then the centre ``size`` x ``size``."""
     from PIL import Image
 
-    out = np.empty((len(files), 1 if gray else 3, size, size), dtype=np.uint8)
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
-                a = np.asarray(im)
-        except OSError as exc:
-            raise KdflowError(f"imagefolder: cannot read image {f}: {exc}") from None
-        out[i] = a[None] if gray else a.transpose(2, 0, 1)
-    return out
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if gray else "RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            a = np.asarray(im.crop((left, top, left + size, top + size)))
+    except OSError as exc:
+        raise KdflowError(f"imagefolder: cannot read image {path}: {exc}") from None
+    return a[None] if gray else a.transpose(2, 0, 1)
+
+
+def _read(files: list[Path], size: int, gray: bool, out: Path, what: str) -> NpyRows:
+    """Decode ``files`` in parallel into a uint8 ``.npy`` on disk, with progress; returns
+    a reader of its rows (nothing of it stays in memory)."""
+    workers = max(1, min(16, os.cpu_count() or 1))
+    bar = None
+    if sys.stderr.isatty() or len(files) >= 2000:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc=f"decoding {what}", unit="img", file=sys.stderr,
+                   mininterval=1.0)  # fmt: skip
+
+    def blocks():
+        with ThreadPoolExecutor(workers) as pool:  # PIL decodes and resizes without the GIL
+            for start in range(0, len(files), 512):
+                chunk = files[start : start + 512]
+                yield np.stack(list(pool.map(lambda f: _load(f, size, gray), chunk)))
+                if bar is not None:
+                    bar.update(len(chunk))
+
+    write_npy_rows(out, (len(files), 1 if gray else 3, size, size), blocks())
+    if bar is not None:
+        bar.close()
+    return NpyRows(out)
 
 
 @DATASETS.register("imagefolder")
@@ -76,11 +115,19 @@ def imagefolder(cfg) -> RawData:
         te_f += te
         tr_y += [label] * len(tr)
         te_y += [label] * len(te)
+    cache = Path(tempfile.mkdtemp(prefix="kdflow-decode-"))  # deleted when prepare is done
+    try:
+        train_x = _read(tr_f, size, gray, cache / "train.npy", "train images")
+        test_x = _read(te_f, size, gray, cache / "test.npy", "test images")
+    except BaseException:
+        shutil.rmtree(cache, ignore_errors=True)
+        raise
     return RawData(
-        _read(tr_f, size, gray),
+        train_x,
         np.array(tr_y),
-        _read(te_f, size, gray),
+        test_x,
         np.array(te_y),
         names,
         str(root),
+        cleanup=lambda: shutil.rmtree(cache, ignore_errors=True),
     )

@@ -1,0 +1,73 @@
+"""Loader: images/s of the Trainer reading the prepared split from disk batch by batch (the
+default since issue 14) against the whole split held in memory as one float tensor (0.1).
+
+Same model, params, batches and threads; the variants alternate and repeat, the median counts.
+    python bench/loader.py [--repeats 3] [--data data/prepared/old]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import median, save, table
+
+from kdflow.config import load_params
+from kdflow.distributed import seed_everything
+from kdflow.models import build_model
+from kdflow.tasks import load_task
+from kdflow.trainer import Trainer
+
+
+def epoch_seconds(role: str, params, task, data, workers: int) -> float:
+    m = getattr(params.models, role)
+    seed_everything(0)
+    model = build_model(
+        m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth
+    )
+    cfg = getattr(params.train, role).model_copy(
+        update={"epochs": 1, "min_steps": 0, "device": "cpu", "workers": workers}
+    )
+    trainer = Trainer(cfg, model, data, None)
+    with contextlib.redirect_stderr(io.StringIO()):
+        t0 = time.perf_counter()
+        trainer.fit()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data", default="data/prepared/old")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params, task = load_params(args.params), load_task(args.data)
+    x, y = task["train"]
+    in_memory = (x.materialize(), y)
+    variants = {
+        "in memory (0.1)": (in_memory, 0),
+        "from disk, per batch": ((x, y), 0),
+        "from disk, 2 workers": ((x, y), 2),
+    }
+    rows, raw = [], {}
+    for role in ("teacher", "student"):
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.repeats):
+            for name, (data, workers) in variants.items():
+                times[name].append(epoch_seconds(role, params, task, data, workers))
+        raw[role] = times
+        base = median(times["in memory (0.1)"])
+        for name, t in times.items():
+            rows.append({"model": role, "loader": name, "img/s": round(len(y) / median(t)),
+                         "ratio": round(base / median(t), 3)})  # fmt: skip
+    print(table(rows))
+    print(f"\nwrote {save('loader', {'rows': rows, 'seconds': raw, 'images': len(y)})}")
+
+
+if __name__ == "__main__":
+    main()
