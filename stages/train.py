@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kdflow.checkpoint import model_meta
 from kdflow.config import load_params
-from kdflow.distributed import is_main, launch
+from kdflow.distributed import is_main, launch, seed_everything
 from kdflow.errors import run_main
 from kdflow.metrics import classification_metrics, predict
 from kdflow.models import model_spec
@@ -35,6 +35,7 @@ def main() -> None:
     launch(params.compute)  # several processes: re-run under torch.distributed.run
     mcfg, tcfg = getattr(params.models, role), getattr(params.train, role)
     task = load_task(args.data)
+    seed_everything(tcfg.seed)  # a random init depends on the seed only
     model, origin = load_initial(mcfg, task, role, args.external, tracking_uri(params.tracking))
     check_adoptable(origin, mcfg.fine_tune)
     adopt = origin is not None and not mcfg.fine_tune

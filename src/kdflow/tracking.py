@@ -384,7 +384,7 @@ class Tracker:
         if not self.enabled:
             return self
         self.preflight()
-        if self.cfg.log_models:
+        if self.cfg.log_models and not os.environ.get("KDFLOW_NO_PREFETCH"):
             threading.Thread(target=_prefetch, name="kdflow-prefetch", daemon=True).start()
         db = default_store(self.uri)
         if db is not None:
