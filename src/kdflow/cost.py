@@ -37,6 +37,15 @@ def size_on_disk_kb(path: str | Path) -> float:
     return os.path.getsize(path) / 1024.0
 
 
+def weights_kb(model: nn.Module) -> float:
+    """Size of the weights alone (a saved state dict): checkpoints also carry metadata."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return len(buf.getvalue()) / 1024.0
+
+
 def batch_of(x: Tensor, n: int) -> Tensor:
     """``n`` images from ``x``, repeating them when the set is smaller than the batch."""
     if len(x) >= n:
@@ -95,7 +104,7 @@ def cost_metrics(
     repeats: int = 30,
     throughput_batch: int = 256,
 ) -> dict[str, dict[str, float]]:
-    """Parameters, FLOPs per image, checkpoint size and CPU timings of each model."""
+    """Parameters, FLOPs per image, size of the weights and CPU timings of each model."""
     timing = cpu_timing(models, x, repeats, throughput_batch)
     out: dict[str, dict[str, float]] = {}
     for name, model in models.items():
@@ -104,7 +113,7 @@ def cost_metrics(
             "flops": flops_per_image(model, x[:1]),
         }
         if checkpoints and name in checkpoints:
-            row["size_kb"] = size_on_disk_kb(checkpoints[name])
+            row["size_kb"] = weights_kb(model)
         out[name] = {**row, **timing[name]}
     return out
 
