@@ -8,20 +8,17 @@ Same model, params, batches and threads; the variants alternate and repeat, the 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import median, save, table
+from speed import trainer_epoch
 
 from kdflow.config import load_params
 from kdflow.distributed import seed_everything
 from kdflow.models import build_model
 from kdflow.tasks import load_task
-from kdflow.trainer import Trainer
 
 
 def epoch_seconds(role: str, params, task, data, workers: int) -> float:
@@ -31,13 +28,9 @@ def epoch_seconds(role: str, params, task, data, workers: int) -> float:
         m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth
     )
     cfg = getattr(params.train, role).model_copy(
-        update={"epochs": 1, "min_steps": 0, "device": "cpu", "workers": workers}
+        update={"min_steps": 0, "device": "cpu", "workers": workers}
     )
-    trainer = Trainer(cfg, model, data, None)
-    with contextlib.redirect_stderr(io.StringIO()):
-        t0 = time.perf_counter()
-        trainer.fit()
-    return time.perf_counter() - t0
+    return trainer_epoch(model, data, cfg)
 
 
 def main() -> None:

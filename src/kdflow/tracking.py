@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from kdflow.config import TrackingConfig
-from kdflow.errors import KdflowError
+from kdflow.errors import KdflowError, ParamsError
 from kdflow.io import atomic_write_json, md5_file
 
 _T0 = time.time()
@@ -149,6 +149,16 @@ def relocate_store(db: Path) -> int:
         raise KdflowError(f"MLflow store {db} could not be read ({exc}); is it corrupt?") from None
     finally:
         con.close()
+
+
+def open_store(uri: str) -> Any:
+    """Check a server answers, point a copied repository's store at itself, use the store."""
+    check_reachable(uri)
+    db = default_store(uri)
+    if db is not None:
+        relocate_store(db)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient()
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -383,13 +393,9 @@ class Tracker:
     def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
-        self.preflight()
         if self.cfg.log_models and not os.environ.get("KDFLOW_NO_PREFETCH"):
             threading.Thread(target=_prefetch, name="kdflow-prefetch", daemon=True).start()
-        db = default_store(self.uri)
-        if db is not None:
-            relocate_store(db)
-        mlflow.set_tracking_uri(self.uri)
+        open_store(self.uri)
         exp_id = self._experiment_id()
         self._call("set the experiment", mlflow.set_experiment, experiment_id=exp_id)
         tags = self._lineage_tags()
@@ -603,8 +609,7 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def search_runs(uri: str, experiments: list[str] | None = None, filter_string: str = "") -> Any:
     """Runs as a pandas DataFrame (for ``kdflow compare``)."""
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    open_store(uri)
     try:
         if experiments:
             return mlflow.search_runs(experiment_names=experiments, filter_string=filter_string)
@@ -618,12 +623,7 @@ def alias_files(uri: str, files: list[Path], alias: str = LOCK_ALIAS) -> dict[st
     md5 its run recorded), e.g. the checked-out outputs of ``dvc.lock``. Returns, per file,
     ``"<model> v<version>"`` or None where no registered version holds those weights.
     """
-    check_reachable(uri)
-    db = default_store(uri)
-    if db is not None:
-        relocate_store(db)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
+    client = open_store(uri)
     out: dict[str, str | None] = {}
     try:
         for f in files:
@@ -653,14 +653,7 @@ def load_logged_weights(uri: str, store: str) -> tuple[dict[str, Any], dict[str,
 
     A URI that does not resolve is the user's to fix: one line, exit 2.
     """
-    from kdflow.errors import ParamsError
-
-    check_reachable(store)
-    db = default_store(store)
-    if db is not None:
-        relocate_store(db)
-    mlflow.set_tracking_uri(store)
-    client = mlflow.MlflowClient()
+    client = open_store(store)
     try:
         info = mlflow.models.get_model_info(uri)
         resolved = f"run {info.run_id}"
