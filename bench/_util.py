@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: machine facts, a Markdown table, the JSON result."""
+"""Shared by the benchmark scripts: machine facts, a Markdown table, the JSON result, and
+``--set key=value`` overrides."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = "cache"  # the distill stage's teacher-logit cache (dvc.yaml: --cache cache)
 
 
 def machine() -> dict[str, object]:
@@ -23,6 +27,12 @@ def machine() -> dict[str, object]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set key=value ...`` as dotted overrides for ``kdflow.params.with_overrides`` (values
+    read as YAML, as ``dvc exp run -S`` reads them)."""
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
 
 
 def median(xs: list[float]) -> float:

@@ -41,14 +41,19 @@ def recipe(params: dict, root: str, epochs: int, gpus: int) -> dict:
                     momentum=0.9, weight_decay=5e-4, schedule="multistep",
                     milestones=[150 / 240, 180 / 240, 210 / 240], gamma=0.1, augment=True,
                     augment_policy="pad_crop", hflip=True, select="last", device="cuda",
-                    amp=True, channels_last=True, workers=4, label_fraction=1.0)  # fmt: skip
-    for section in (
-        params["train"]["teacher"],
-        params["train"]["student"],
-        params["distill"]["train"],
-    ):
-        section.update(schedule)
-    params["distill"].update(method="kd", temperature=4.0, alpha=0.9, init="scratch")
+                    amp=True, channels_last=True, workers=4)  # fmt: skip
+    # one schedule for teacher, student and distillation: train.defaults, and the sections
+    # keep nothing of their own (a key set there would win over the defaults)
+    params["train"]["defaults"] = schedule
+    params["train"]["teacher"] = {"label_fraction": 1.0}
+    params["train"]["student"] = {"label_fraction": 1.0}  # the distilled student's labels too
+    params["distill"]["train"] = {}
+    # no new task, so no transfer runs; its section still inherits the defaults and must stay
+    # valid (lwf's old-task targets need un-augmented images)
+    params["transfer"]["train"] = {**(params["transfer"].get("train") or {}), "augment": False}
+    params["distill"].update(method="kd", init="scratch")
+    params["distill"]["methods"] = {**(params["distill"].get("methods") or {}),
+                                    "kd": {"temperature": 4.0, "alpha": 0.9}}  # fmt: skip
     params["compute"].update(nproc_per_node=gpus, nnodes=1, rdzv_endpoint=None)
     return params
 

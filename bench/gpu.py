@@ -1,6 +1,8 @@
 """GPU benchmark: AMP + channels_last training speed of resnet32x4 / resnet8x4, then a short
 distillation run with that pair, on Fashion-MNIST. No internet: the IDX files travel in
-a prepared old task (data/prepared/old, carried to the GPU machine). Prints a short table last and writes JSON.
+a prepared old task (data/prepared/old, carried to the GPU machine). The teacher, the student
+alone and the distilled students are trained as the stages train them (kdflow.pipeline.recipes)
+from params set here. Prints a short table last and writes JSON.
     python bench/gpu.py [--epochs 15] [--device cuda]
 """
 
@@ -18,11 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import save, table
 
-from kdflow.config import DistillConfig, TrainConfig
-from kdflow.distill import build_objective, freeze
-from kdflow.distributed import seed_everything
+from kdflow.config import Params, TrainConfig
+from kdflow.distill import freeze
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
-from kdflow.models import build_model
+from kdflow.models import build_for_task
+from kdflow.params import parse_params, with_overrides
+from kdflow.pipeline.recipes import distilled, trained_role
+from kdflow.seed import seed_everything
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
 
@@ -30,7 +34,7 @@ from kdflow.trainer import Trainer
 def speed(arch: str, task, device: str, amp: bool, steps: int, batch: int) -> float:
     """Training images/s over ``steps`` steps after warm-up (synchronised)."""
     seed_everything(0)
-    model = build_model(arch, task.num_classes, task.in_channels, task.image_size)
+    model = build_for_task({"arch": arch, "width": 32, "depth": 3}, task)
     cfg = TrainConfig(epochs=1, batch_size=batch, device=device, amp=amp, channels_last=amp)
     x, y = task["train"]
     n = min(len(y), steps * batch)
@@ -45,6 +49,17 @@ def speed(arch: str, task, device: str, amp: bool, steps: int, batch: int) -> fl
         if device == "cuda":
             torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
+
+
+def bench_params(epochs: int, device: str) -> Params:
+    """The pair and the schedule of the comparison, as params (every other key its default)."""
+    schedule = dict(epochs=epochs, batch_size=128, optimizer="sgd", lr=0.05, schedule="cosine",
+                    augment=True, device=device)  # fmt: skip
+    return parse_params({
+        "models": {"teacher": {"arch": "resnet32x4"}, "student": {"arch": "resnet8x4"}},
+        "train": {"defaults": schedule},
+        "transfer": {"train": {"augment": False}},  # not run here; lwf forbids augmenting
+    })  # fmt: skip
 
 
 def main() -> None:
@@ -63,28 +78,19 @@ def main() -> None:
             rows.append({"what": f"train {arch}", "mode": "bf16 AMP + channels_last" if amp else "fp32",
                          "img/s": round(ips)})  # fmt: skip
             print(rows[-1], flush=True)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=128, optimizer="sgd", lr=0.05,
-                      schedule="cosine", augment=True, device=args.device)  # fmt: skip
+    params = bench_params(args.epochs, args.device)
     x, y = task["test"]
     results = {}
-    for role, arch in (("teacher", "resnet32x4"), ("student alone", "resnet8x4")):
-        seed_everything(0)
-        m = build_model(arch, task.num_classes, task.in_channels, task.image_size)
+    for name, role in (("teacher", "teacher"), ("student alone", "student")):
         t0 = time.perf_counter()
-        with contextlib.redirect_stderr(io.StringIO()):
-            Trainer(cfg, m, task["train"], task["val"]).fit()
-        results[role] = (m.eval(), time.perf_counter() - t0)
+        m, _ = trained_role(params, role, task)  # train@<role>
+        results[name] = (m, time.perf_counter() - t0)
     teacher = freeze(results["teacher"][0])
     t_logits = predict(teacher, x)
-    for method in ("kd", "dkd"):
-        seed_everything(0)
-        m = build_model("resnet8x4", task.num_classes, task.in_channels, task.image_size)
-        dcfg = DistillConfig(method=method, train=cfg)
-        objective = build_objective(dcfg, m, [teacher], ["t"], task["train"][0], "", None)
+    for method in ("kd", "dkd"):  # distill, each method with its default options
         t0 = time.perf_counter()
-        with contextlib.redirect_stderr(io.StringIO()):
-            Trainer(cfg, m, task["train"], task["val"], objective=objective).fit()
-        results[f"student + {method}"] = (m.eval(), time.perf_counter() - t0)
+        m, _ = distilled(with_overrides(params, {"distill.method": method}), task, [teacher], ["t"])
+        results[f"student + {method}"] = (m, time.perf_counter() - t0)
     for name, (m, secs) in results.items():
         logits = predict(m, x)
         rows.append({"what": name, "mode": f"{args.epochs} epochs",

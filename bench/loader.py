@@ -15,18 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import median, save, table
 from speed import trainer_epoch
 
-from kdflow.config import load_params
-from kdflow.distributed import seed_everything
-from kdflow.models import build_model
+from kdflow.models import build_for_task, model_spec
+from kdflow.params import load_params
+from kdflow.seed import seed_everything
 from kdflow.tasks import load_task
 
 
 def epoch_seconds(role: str, params, task, data, workers: int) -> float:
-    m = getattr(params.models, role)
     seed_everything(0)
-    model = build_model(
-        m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth
-    )
+    model = build_for_task(model_spec(getattr(params.models, role)), task)
     cfg = getattr(params.train, role).model_copy(
         update={"min_steps": 0, "device": "cpu", "workers": workers}
     )

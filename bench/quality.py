@@ -1,8 +1,10 @@
 """Quality over seeds: teacher, student alone and distilled students, at several label fractions.
 
-The teacher is the pipeline's (trained on all labels); each student is trained with the
-pipeline's params (kdflow.recipes.train_student), one run per seed, method and fraction of
-labelled training images (Hinton et al. 2015: soft targets on every image, labels on few).
+The teacher is the pipeline's (trained on all labels); each student is trained as the stages
+train it (kdflow.pipeline.recipes: ``trained_role`` for train@student, ``distilled`` for
+distill), one run per seed, method and fraction of labelled training images
+(``train.student.label_fraction``, which the distilled student shares; Hinton et al. 2015: soft
+targets on every image, labels on few).
 
     python bench/quality.py [--seeds 3] [--methods kd dkd ...] [--fractions 0.01 0.1 1.0]
 
@@ -18,13 +20,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import RESULTS, save, table
-from sweep import parse_sets, with_overrides
+from _util import CACHE, RESULTS, parse_sets, save, table
 
-from kdflow.config import load_params
 from kdflow.distill import ensemble_logits, load_teachers
 from kdflow.metrics import agreement_metrics, classification_metrics, predict
-from kdflow.recipes import train_student
+from kdflow.params import load_params, with_overrides
+from kdflow.pipeline.recipes import distilled, trained_role
 from kdflow.tasks import load_task
 
 
@@ -32,14 +33,16 @@ def run(params, task, teachers, hashes, method: str | None, seed: int, fraction:
     over = {
         "train.student.seed": seed,
         "distill.train.seed": seed,
-        "train.student.label_fraction": fraction,
-        "distill.train.label_fraction": fraction,
+        "train.student.label_fraction": fraction,  # the distilled student's labels too
     }
     if method:
         over["distill.method"] = method
-    p = with_overrides(params, over)  # fmt: skip
+    p = with_overrides(params, over)
     t0 = time.perf_counter()
-    model, _ = train_student(p, task, teachers if method else None, hashes)
+    if method:
+        model, _ = distilled(p, task, teachers, hashes, cache_dir=CACHE)
+    else:
+        model, _ = trained_role(p, "student", task)
     x, y = task["test"]
     logits = predict(model, x)
     return {
@@ -114,7 +117,7 @@ def main() -> None:
             runs.sort(key=lambda r: r["seed"])
         t_acc = parts[0]["teacher_accuracy"]
         seeds = len(next(iter(results.values())))
-        return report(results, t_acc, seeds, args.set, args.tag, plot_it=True)
+        return report(results, t_acc, seeds, args.set, args.tag, args.data, plot_it=True)
     params = with_overrides(load_params(args.params), parse_sets(args.set))
     task = load_task(args.data)
     teachers, hashes = load_teachers([args.teacher], task.num_classes, "cpu")  # type: ignore[arg-type]
@@ -140,7 +143,7 @@ def main() -> None:
         runs = {f"{f}/{n}": rs for (f, n), rs in results.items()}
         save(f"quality{args.tag}", {"teacher_accuracy": t_acc, "set": args.set, "runs": runs})
         return
-    report(results, t_acc, args.seeds, args.set, args.tag, plot_it=len(args.fractions) > 1)
+    report(results, t_acc, args.seeds, args.set, args.tag, args.data, len(args.fractions) > 1)
 
 
 def tuple_key(key: str) -> tuple[float, str]:
@@ -148,14 +151,16 @@ def tuple_key(key: str) -> tuple[float, str]:
     return float(fraction), name
 
 
-def report(results: dict, t_acc: float, seeds: int, sets: list, tag: str, plot_it: bool) -> None:
+def report(
+    results: dict, t_acc: float, seeds: int, sets: list, tag: str, data: str, plot_it: bool
+) -> None:
     """Table (with paired tests on the pooled seeds), JSON and, for several fractions, a plot."""
     import numpy as np
 
     from kdflow.stats import mcnemar_exact, paired_bootstrap
 
     rows = summarise(results, t_acc)
-    y = load_task("data/prepared/old")["test"][1].numpy()
+    y = load_task(data)["test"][1].numpy()
     for r in rows:  # each method against the student alone at its fraction, seed by seed
         name = r["model"].removeprefix("student + ")
         if name == "student alone":

@@ -54,11 +54,11 @@ def generate(root: Path, per_class: int, size: int, test_per_class: int) -> int:
 
 PREPARE = """
 import json, resource, sys, time
-from kdflow.config import DataConfig
+from kdflow.params import parse_params
 from kdflow.tasks import prepare
 t = time.perf_counter()
-cfg = DataConfig(dataset="imagefolder", root=sys.argv[1], image_size=int(sys.argv[3]),
-                 old_classes=list(range(10)), new_classes=[10, 11], shots_per_class=100)
+cfg = parse_params({"data": dict(dataset="imagefolder", root=sys.argv[1], image_size=int(sys.argv[3]),
+                    old_classes=list(range(10)), new_classes=[10, 11], shots_per_class=100)}).data
 m = prepare(cfg, sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb":
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -68,11 +68,11 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb":
 TRAIN = """
 import contextlib, io, json, resource, sys, time
 from kdflow.config import TrainConfig
-from kdflow.models import build_model
+from kdflow.models import build_for_task
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
 task = load_task(sys.argv[1])
-model = build_model("cnn", task.num_classes, task.in_channels, task.image_size, 8, 3)
+model = build_for_task({"arch": "cnn", "width": 8, "depth": 3}, task)
 cfg = TrainConfig(epochs=1, batch_size=128, lr=0.03, device="cpu", workers=int(sys.argv[2]))
 trainer = Trainer(cfg, model, task["train"], task["val"])
 t = time.perf_counter()

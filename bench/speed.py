@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +20,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import median, save, table
 
-from kdflow.config import DistillConfig, TrainConfig, load_params
-from kdflow.distill import DistillObjective, freeze
-from kdflow.distributed import seed_everything
+from kdflow.config import DistillConfig, TrainConfig
+from kdflow.distill import build_objective, freeze
 from kdflow.losses import LOSSES
-from kdflow.metrics import predict
-from kdflow.models import build_model
+from kdflow.models import build_for_task, model_spec
+from kdflow.params import load_params, validate_options
+from kdflow.seed import seed_everything
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
 
@@ -67,15 +68,21 @@ def main() -> None:
     rows, raw = [], {}
     models = {}
     for role in ("teacher", "student"):
-        m = getattr(params.models, role)
         seed_everything(0)
-        models[role] = build_model(
-            m.arch, task.num_classes, task.in_channels, task.image_size, m.width, m.depth
-        )
-    teacher = freeze(build_model(params.models.teacher.arch, task.num_classes, task.in_channels,
-                                 task.image_size, params.models.teacher.width, params.models.teacher.depth))  # fmt: skip
-    cached = predict(teacher, x)
-    kd = LOSSES.get("kd")(DistillConfig(), [], [])
+        models[role] = build_for_task(model_spec(getattr(params.models, role)), task)
+    teacher = freeze(build_for_task(model_spec(params.models.teacher), task))
+    # KD with its default options, built as the distill stage builds it: with the teacher-logit
+    # cache (computed once, here into a temporary folder) and without (teacher run each step).
+    # augment off only for that choice (the cache's condition); the epochs run train.student.
+    kd = {"kd": validate_options(LOSSES, "distill.methods", "kd", {})}
+    dcfg = DistillConfig(method="kd", methods=kd,
+                         train=params.train.student.model_copy(update={"augment": False}))  # fmt: skip
+    objectives = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cache_dir in (("distill_cached", tmp), ("distill_online", None)):
+            objectives[name] = build_objective(dcfg, models["student"], [teacher], ["teacher"],
+                                               x, task.content_hash, cache_dir)  # fmt: skip
+    assert objectives["distill_cached"].cached is not None
     for role in ("teacher", "student"):
         cfg = getattr(params.train, role).model_copy(update={"device": "cpu"})
         times = {"bare": [], "trainer": []}
@@ -85,14 +92,8 @@ def main() -> None:
             times["bare"].append(bare_epoch(models[role], x, y, cfg))
             times["trainer"].append(trainer_epoch(models[role], (x, y), cfg))
             if role == "student":
-                times["distill_cached"].append(
-                    trainer_epoch(
-                        models[role], (x, y), cfg, DistillObjective(kd, [teacher], cached)
-                    )
-                )
-                times["distill_online"].append(
-                    trainer_epoch(models[role], (x, y), cfg, DistillObjective(kd, [teacher]))
-                )
+                for k, objective in objectives.items():
+                    times[k].append(trainer_epoch(models[role], (x, y), cfg, objective))
         raw[role] = times
         med = {k: median(v) for k, v in times.items()}
         rows.append(

@@ -20,32 +20,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import save, table
+from _util import CACHE, parse_sets, save, table
 
 from kdflow.checkpoint import load_model
-from kdflow.config import Params, load_params, parse_params
+from kdflow.config import Params
 from kdflow.distill import load_teachers
 from kdflow.metrics import classification_metrics, predict
-from kdflow.recipes import cv_transfer, train_student, transfer_once
-from kdflow.tasks import load_task
+from kdflow.params import load_params, with_overrides
+from kdflow.pipeline.cv import cv_transfer
+from kdflow.pipeline.recipes import distilled, from_scratch, trained_role, transferred
+from kdflow.tasks import Task, load_task
+from kdflow.trainer import FitResult
 
 # (group, label, overrides). Overrides are dotted params keys; the student-alone group varies
-# train.student, the distillation groups vary distill.
+# train.student, the distillation groups vary distill (each method's options under
+# distill.methods.<method>).
 T_ALPHA = [(t, a) for t in (1.0, 2.0, 4.0, 8.0) for a in (0.5, 0.9)]
 OLD_GRID: list[tuple[str, str, dict[str, Any]]] = [
     *[("teacher", f"lr={lr}", {"train.teacher.lr": lr}) for lr in (0.001, 0.003, 0.01)],
     *[("alone", f"lr={lr}", {"train.student.lr": lr}) for lr in (0.003, 0.01, 0.03)],
-    *[("kd", f"T=4 alpha=0.9 lr={lr}", {"distill.method": "kd", "distill.temperature": 4.0,
-      "distill.alpha": 0.9, "distill.train.lr": lr}) for lr in (0.003, 0.03)],
-    *[("kd", f"T={t} alpha={a}", {"distill.method": "kd", "distill.temperature": t,
-                                  "distill.alpha": a}) for t, a in T_ALPHA],
-    *[("dkd", f"T=4 beta={b}", {"distill.method": "dkd", "distill.temperature": 4.0,
+    *[("kd", f"T=4 alpha=0.9 lr={lr}", {"distill.method": "kd",
+      "distill.methods.kd.temperature": 4.0, "distill.methods.kd.alpha": 0.9,
+      "distill.train.lr": lr}) for lr in (0.003, 0.03)],
+    *[("kd", f"T={t} alpha={a}", {"distill.method": "kd", "distill.methods.kd.temperature": t,
+                                  "distill.methods.kd.alpha": a}) for t, a in T_ALPHA],
+    *[("dkd", f"T=4 beta={b}", {"distill.method": "dkd", "distill.methods.dkd.temperature": 4.0,
                                 "distill.methods.dkd.beta": b}) for b in (1.0, 2.0, 8.0)],
-    *[("dist", f"T={t} beta=gamma={w}", {"distill.method": "dist", "distill.temperature": t,
-      "distill.methods.dist.beta": w, "distill.methods.dist.gamma": w})
+    *[("dist", f"T={t} beta=gamma={w}", {"distill.method": "dist",
+      "distill.methods.dist.temperature": t, "distill.methods.dist.beta": w,
+      "distill.methods.dist.gamma": w})
       for t in (1.0, 4.0) for w in (1.0, 2.0)],
     *[("fitnet", f"weight={w}", {"distill.method": "fitnet", "distill.methods.fitnet.weight": w})
       for w in (1.0, 10.0)],
@@ -77,19 +83,20 @@ def shard(grid: list, spec: str) -> list:
     return grid[i::n]
 
 
-def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
-    raw = params.model_dump()
-    for key, value in overrides.items():
-        *path, last = key.split(".")
-        node = raw
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_params(raw)
-
-
-def parse_sets(sets: list[str]) -> dict[str, Any]:
-    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+def trained(
+    p: Params, group: str, task: Task, teachers: list[nn.Module], hashes: list[str]
+) -> tuple[nn.Module, FitResult]:
+    """What the stage of ``group`` trains: train@teacher, train@student, or distill."""
+    if group in ("teacher", "alone"):
+        role = "teacher" if group == "teacher" else "student"
+        model, result = trained_role(p, role, task)
+        if result is None:
+            raise SystemExit(
+                f"sweep: models.{role} is adopted as is (weights with fine_tune: false); "
+                "nothing is trained, so there is nothing to sweep"
+            )
+        return model, result
+    return distilled(p, task, teachers, hashes, cache_dir=CACHE)
 
 
 def sweep_old(params: Params, only: list[str] | None, args: argparse.Namespace) -> list[dict]:
@@ -102,9 +109,7 @@ def sweep_old(params: Params, only: list[str] | None, args: argparse.Namespace) 
             continue
         p = with_overrides(params, overrides)
         t0 = time.perf_counter()
-        distilled = group not in ("alone", "teacher")
-        role = "teacher" if group == "teacher" else "student"
-        model, result = train_student(p, task, teachers if distilled else None, hashes, role=role)
+        model, result = trained(p, group, task, teachers, hashes)
         best = result.history[result.best_epoch]
         rows.append({
             "group": group, "config": label, "val_accuracy": best["val_accuracy"],
@@ -120,8 +125,6 @@ def sweep_old(params: Params, only: list[str] | None, args: argparse.Namespace) 
 
 
 def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) -> list[dict]:
-    from kdflow.strategies import STRATEGIES
-
     old, new = load_task(args.data / "old"), load_task(args.data / "new")
     source, ckpt = load_model(args.source, "transfer source", None, old.num_classes)
     rows = []
@@ -129,16 +132,13 @@ def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) 
         if only and strategy not in only:
             continue
         p = with_overrides(params, overrides)
-        opts, cfg = p.transfer.options_for(strategy), p.transfer.train
         t0 = time.perf_counter()
-        cv = cv_transfer(source, ckpt["spec"], old.num_classes, new, strategy, opts, cfg)
+        cv = cv_transfer(p, strategy, source, ckpt["spec"], old, new)
         # reported only: the same configuration on all shots, scored on the test set
-        spec, n_old = ckpt["spec"], old.num_classes
-        model = transfer_once(source, spec, n_old, new, strategy, opts, cfg, new["train"])
-        scratch = STRATEGIES.meta(strategy).get("from_scratch", False)
+        model = transferred(p, strategy, source, ckpt["spec"], old, new)
         test = classification_metrics(predict(model, new["test"][0]), new["test"][1])["accuracy"]
         kept = None
-        if not scratch:
+        if not from_scratch(strategy):
             kept = classification_metrics(
                 predict(model.old_task(), old["test"][0]), old["test"][1]
             )["accuracy"]
@@ -181,7 +181,7 @@ def main() -> None:
 
         params = with_overrides(load_params(args.params), parse_sets(args.set))
         task = load_task(args.data / "old")
-        teacher, _ = train_student(params, task, role="teacher")
+        teacher, _ = trained_role(params, "teacher", task)
         meta = model_meta(model_spec(params.models.teacher), task, role="teacher")
         save_model(args.teacher, teacher, meta)
         print(f"trained {args.teacher} with {args.set}")

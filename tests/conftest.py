@@ -28,6 +28,14 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def method_loss(name: str, **options: object):
+    """A distillation loss built as the stages build it: options validated, then the registry."""
+    from kdflow.losses import LOSSES
+    from kdflow.params import validate_options
+
+    return LOSSES.build(name, validate_options(LOSSES, "distill.methods", name, options), [], [])
+
+
 def tiny_params() -> dict:
     """params.yaml for a pipeline run on digits that takes seconds per stage."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

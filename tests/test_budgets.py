@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from kdflow.config import DistillConfig, TrainConfig
-from kdflow.losses import LOSSES
+from kdflow.config import TrainConfig
 from kdflow.losses._base import ce
 from kdflow.outputs import Outputs
 from kdflow.probe import cv_folds, fit_logistic, solve_head
 from kdflow.tasks import label_mask, labelled_train, load_task
 from kdflow.trainer import Trainer
+from tests.conftest import method_loss
 
 
 def _count_steps(cfg: TrainConfig, n: int) -> int:
@@ -36,6 +36,19 @@ def test_min_steps_is_a_floor_on_optimizer_steps() -> None:
     assert _count_steps(big, 50) == 12
 
 
+def test_global_batch_must_split_evenly_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdflow.budget as budget
+    from kdflow.errors import ParamsError
+
+    assert budget.per_rank_batch(100, 4) == 25 and budget.per_rank_batch(7, 1) == 7
+    with pytest.raises(ParamsError, match="batch_size 100 is not divisible by the 3 processes"):
+        budget.per_rank_batch(100, 3)  # would silently train batch 99
+    monkeypatch.setattr(budget, "world_size", lambda: 3)  # what the Trainer sees under DDP
+    cfg = TrainConfig(epochs=1, batch_size=100, device="cpu")
+    with pytest.raises(ParamsError, match=r"batch_size 100 .* 3 processes"):
+        _count_steps(cfg, 50)
+
+
 def test_probe_matches_a_converged_sklearn_fit_and_chooses_c_by_cv(digits_dir: Path) -> None:
     from sklearn.linear_model import LogisticRegression
 
@@ -45,10 +58,11 @@ def test_probe_matches_a_converged_sklearn_fit_and_chooses_c_by_cv(digits_dir: P
     feats = centers[y] + rng.normal(size=(120, 6))
     weight, bias, info = fit_logistic(feats, y)
     assert info["cv_folds"] == 5 and info["C"] > 0 and info["cv_accuracy"] > 0.8
-    ours = (feats @ weight.T + bias).argmax(1)
+    # the fold-back: the head on raw features gives sklearn's probabilities on standardised ones
     z = (feats - feats.mean(0)) / (feats.std(0) + 1e-8)
-    ref = LogisticRegression(C=info["C"], max_iter=5000, tol=1e-8).fit(z, y).predict(z)
-    assert (ours == ref).mean() == 1.0
+    ref = LogisticRegression(C=info["C"], max_iter=2000, tol=1e-6).fit(z, y).predict_proba(z)
+    ours = torch.softmax(torch.as_tensor(feats @ weight.T + bias), 1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
     assert cv_folds(np.array([0, 0, 1]), 5) == 0  # one label in a class: no CV, C = 1
     # the head of a real network, solved on its embeddings
     task = load_task(digits_dir / "new")
@@ -85,32 +99,49 @@ def test_unlabelled_images_get_soft_targets_only() -> None:
     y = torch.tensor([0, 1, -1, -1, 4, -1])
     assert torch.isclose(ce(s, y), nn.functional.cross_entropy(s[y >= 0], y[y >= 0]))
     assert ce(s, torch.full((6,), -1)) == 0
+    s = s.double()
+    t = t.double()
+    labelled = y >= 0
+    # an unlabelled image contributes its soft terms only: the loss equals the same batch with
+    # the teacher's top class as its label, minus exactly the CE those rows would add
+    as_labels = torch.where(labelled, y, t.argmax(1))
     for method in ("kd", "dkd", "dist"):  # the logit methods (feature ones only add terms)
-        loss = LOSSES.get(method)(DistillConfig(method=method, temperature=4.0), [], [])
-        out = loss(Outputs(s.clone().requires_grad_()), Outputs(t), y, epoch=10)
-        assert torch.isfinite(out["loss"]), method
+        loss = method_loss(method, temperature=4.0)
+        part = loss(Outputs(s), Outputs(t), y, epoch=10)
+        full = loss(Outputs(s), Outputs(t), as_labels, epoch=10)
+        ce_only_labelled = nn.functional.cross_entropy(s[labelled], y[labelled])
+        torch.testing.assert_close(part["ce"], ce_only_labelled)
+        soft_part = part["loss"] - _ce_weight(method, loss) * part["ce"]
+        soft_full = full["loss"] - _ce_weight(method, loss) * full["ce"]
+        # kd and dist read no labels in their soft terms; dkd splits at the teacher's top class
+        torch.testing.assert_close(soft_part, soft_full)
+
+
+def _ce_weight(method: str, loss: nn.Module) -> float:
+    return 1.0 - loss.alpha if method == "kd" else loss.ce_weight
 
 
 @pytest.mark.parametrize("fraction", [0.02, 1.0])
 def test_distillation_trains_with_few_labels(digits_dir: Path, fraction: float) -> None:
-    from kdflow.config import parse_params
-    from kdflow.recipes import train_student
+    from kdflow.params import parse_params
+    from kdflow.pipeline.recipes import distilled, trained_role
 
     task = load_task(digits_dir / "old")
 
     def params(fraction: float, width: int):
-        small = {"epochs": 4, "batch_size": 64, "min_steps": 300, "label_fraction": fraction}
+        small = {"epochs": 4, "batch_size": 64, "min_steps": 300}
         return parse_params({
             "data": {"dataset": "digits"}, "models": {"student": {"width": width, "depth": 2}},
-            "train": {"student": small}, "distill": {"train": small, "temperature": 4.0},
+            "train": {"defaults": small, "student": {"label_fraction": fraction}},
+            "distill": {"methods": {"kd": {"temperature": 4.0}}},
         })  # fmt: skip
 
-    teacher, _ = train_student(params(1.0, 16), task)  # all labels, a wider net
-    alone, _ = train_student(params(fraction, 4), task)
-    distilled, _ = train_student(params(fraction, 4), task, [teacher], ["t"], cache_dir=None)
+    teacher, _ = trained_role(params(1.0, 16), "student", task)  # all labels, a wider net
+    alone, _ = trained_role(params(fraction, 4), "student", task)
+    student, _ = distilled(params(fraction, 4), task, [teacher], ["t"])
     val = task["val"]
     acc = {n: float((m(val[0]).argmax(1) == val[1]).float().mean()) for n, m in
-           {"teacher": teacher, "alone": alone, "distilled": distilled}.items()}  # fmt: skip
+           {"teacher": teacher, "alone": alone, "distilled": student}.items()}  # fmt: skip
     assert acc["teacher"] > 0.9, acc
     if fraction < 1:  # soft targets on every image carry what the missing labels would have
         assert acc["distilled"] > acc["alone"] + 0.1, acc

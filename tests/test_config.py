@@ -8,33 +8,53 @@ import sys
 import pytest
 import yaml
 
-from kdflow.config import Params, load_params, parse_params
+from kdflow.config import TRAINING_SECTIONS, TrainConfig
 from kdflow.errors import ParamsError
-from kdflow.tracking import flatten_params as flatten
+from kdflow.params import load_params, parse_params, with_overrides
 from tests.conftest import ROOT
 
 
-def test_params_yaml_is_valid_and_spells_out_every_default() -> None:
+def test_params_yaml_is_valid_and_sections_list_only_what_differs() -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = parse_params(raw)
-    # every key of the schema is written in params.yaml (with the per-method option blocks)
-    free = ("distill.methods", "transfer.options")
-    written = set(flatten(raw))
-    missing = {k for k in flatten(Params()) if k not in written and not k.startswith(free)}
-    assert not missing, f"params.yaml lacks {sorted(missing)}"
-    from kdflow.losses import LOSSES
+    defaults = raw["train"]["defaults"]
+    # the shared section spells out every training key the stages share
+    assert set(defaults) == set(TrainConfig.model_fields)
+    for outer, inner in TRAINING_SECTIONS:
+        own = raw[outer].get(inner) or {}
+        same = {k for k, v in own.items() if k in defaults and defaults[k] == v}
+        assert not same, f"{outer}.{inner} repeats train.defaults for {sorted(same)}"
+        resolved = getattr(getattr(params, outer), inner)
+        for key, value in {**defaults, **own}.items():
+            assert getattr(resolved, key) == value, (outer, inner, key)
+    # method and strategy options come from their own files: params.yaml lists overrides only
+    assert raw["distill"]["methods"] == {} and raw["transfer"]["options"] == {}
+    assert params.distill.method == "kd" and params.data.shots_per_class == 100
 
-    for name in LOSSES.names():
-        schema = LOSSES.schema(name)
-        if schema is not None:
-            assert set(raw["distill"]["methods"][name]) == set(schema.model_fields), name
-    # the schema's defaults are the ones written in params.yaml
-    free = {"methods", "options"}
-    assert params.model_dump(exclude={"distill": free, "transfer": free}) == Params().model_dump(
-        exclude={"distill": free, "transfer": free}
-    )
-    assert params.data.shots_per_class == 100
-    assert params.distill.method == "kd"
+
+def test_a_method_brings_its_own_temperature() -> None:
+    """Switching the method gives that method's configuration, not kd's temperature."""
+    p = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert p.distill.options() == {"temperature": 1.0, "alpha": 0.5}
+    dkd = with_overrides(p, {"distill.method": "dkd"})
+    assert dkd.distill.options()["temperature"] == 4.0 and dkd.distill.options()["beta"] == 2.0
+    assert with_overrides(p, {"distill.method": "dist"}).distill.options()["temperature"] == 4.0
+
+
+def test_train_defaults_reach_every_section_unless_it_sets_the_key() -> None:
+    p = parse_params({"train": {"defaults": {"lr": 0.2, "batch_size": 32},
+                                "teacher": {"lr": 0.5}}})  # fmt: skip
+    assert p.train.teacher.lr == 0.5 and p.train.teacher.batch_size == 32
+    assert p.train.student.lr == p.distill.train.lr == p.transfer.train.lr == 0.2
+    q = with_overrides(p, {"train.defaults.seed": 3})
+    assert q.train.teacher.seed == q.distill.train.seed == q.transfer.train.seed == 3
+
+
+def test_transfer_lr_reaches_strategies_without_their_own() -> None:
+    p = parse_params({"transfer": {"train": {"lr": 0.02}}})
+    assert p.transfer.options_for("lwf")["lr"] is None  # -> transfer.train.lr
+    assert p.transfer.options_for("lp_ft")["lr"] is None
+    assert p.transfer.options_for("finetune")["lr"] == 0.03  # its own, chosen by CV
 
 
 @pytest.mark.parametrize(
@@ -49,9 +69,31 @@ def test_params_yaml_is_valid_and_spells_out_every_default() -> None:
         ({"data": {"old_classes": [0, 1], "new_classes": [1, 2]}}, ["overlap", "[1]"]),
         ({"data": {"shots_per_class": "many"}}, ["data.shots_per_class", "'many'", "integer"]),
         ({"datta": {}}, ["unknown key datta", "allowed keys", "data"]),
-        ({"distill": {"temprature": 4}}, ["unknown key distill.temprature", "temperature"]),
-        ({"distill": {"temperature": -1}}, ["distill.temperature", "-1", "greater than 0"]),
-        ({"distill": {"alpha": 1.5}}, ["distill.alpha", "1.5", "less than or equal to 1"]),
+        ({"distill": {"temperature": 4}}, ["unknown key distill.temperature", "methods"]),
+        (
+            {"distill": {"methods": {"kd": {"temperature": -1}}}},
+            ["distill.methods.kd.temperature", "-1", "greater than 0"],
+        ),
+        (
+            {"distill": {"methods": {"kd": {"alpha": 1.5}}}},
+            ["distill.methods.kd.alpha", "1.5", "less than or equal to 1"],
+        ),
+        (
+            {"distill": {"methods": {"kd": {"temprature": 4}}}},
+            ["unknown key distill.methods.kd.temprature", "temperature"],
+        ),
+        (
+            {"train": {"defaults": {"label_fraction": 0.5}}},
+            ["unknown key train.defaults.label_fraction"],
+        ),
+        (
+            {"distill": {"train": {"label_fraction": 0.5}}},
+            ["unknown key distill.train.label_fraction"],
+        ),
+        (
+            {"transfer": {"train": {"augment": True}}},
+            ["transfer.train.augment", "lwf", "un-augmented"],
+        ),
         ({"distill": {"method": "kdd"}}, ["distill.method", "'kdd'", "dkd", "rkd"]),
         ({"models": {"teacher": {"arch": "resnet9"}}}, ["models.teacher.arch", "resnet8x4"]),
         ({"transfer": {"strategies": ["lwf", "magic"]}}, ["transfer.strategies", "lp_ft"]),

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
-from kdflow.config import DistillConfig, TrainConfig
+from kdflow.config import TrainConfig
 from kdflow.distill import DistillObjective, cache_key, cached_teacher_logits, freeze
-from kdflow.distributed import seed_everything
-from kdflow.losses import LOSSES
 from kdflow.metrics import agreement_metrics, predict
 from kdflow.models import build_model
+from kdflow.seed import seed_everything
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
+from tests.conftest import method_loss
 
 CFG = TrainConfig(epochs=20, batch_size=32, lr=0.01, device="cpu")
 
@@ -35,7 +35,7 @@ def _student(task, seed: int, teacher=None):
     s = build_model("cnn", 5, 1, 8, width=8, depth=2)
     objective = None
     if teacher is not None:
-        loss = LOSSES.get("kd")(DistillConfig(method="kd", temperature=2.0, alpha=0.9), [], [])
+        loss = method_loss("kd", temperature=2.0, alpha=0.9)
         objective = DistillObjective(loss, [teacher])  # online: the teacher runs every step
     cfg = CFG.model_copy(update={"epochs": 30, "batch_size": 16, "seed": seed})
     Trainer(cfg, s, (x[sub], y[sub]), task["val"], objective=objective).fit()
@@ -73,7 +73,7 @@ def test_cached_and_online_teacher_give_the_same_loss(digits_dir: Path, tmp_path
     cache = cached_teacher_logits([teacher], x, cache_key(["t"], "d"), tmp_path)
     assert (tmp_path / f"teacher_logits_{cache_key(['t'], 'd')}.pt").is_file()
     for method in ("kd", "dkd", "dist"):
-        loss = LOSSES.get(method)(DistillConfig(method=method), [], [])
+        loss = method_loss(method)
         idx = torch.arange(10, 42)
         online = DistillObjective(loss, [teacher])(student, x[idx], y[idx], idx, 0)[0]
         cached = DistillObjective(loss, [teacher], cache)(student, x[idx], y[idx], idx, 0)[0]
@@ -88,7 +88,7 @@ def test_online_teacher_under_amp_gives_the_cached_targets(
     teacher = freeze(build_model("cnn", 5, 1, 8, width=8, depth=2))
     x, _ = task["train"]
     cache = cached_teacher_logits([teacher], x, "k", tmp_path)
-    loss = LOSSES.get("kd")(DistillConfig(method="kd"), [], [])
+    loss = method_loss("kd")
     idx = torch.arange(0, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what the Trainer does when amp is on
         online = DistillObjective(loss, [teacher]).teacher_outputs(x[idx], idx).logits
@@ -120,6 +120,6 @@ def test_ensemble_teachers_average_logits(digits_dir: Path) -> None:
     seed_everything(0)
     t1, t2 = (freeze(build_model("cnn", 5, 1, 8, width=4, depth=2)) for _ in range(2))
     x = task["test"][0][:16]
-    obj = DistillObjective(LOSSES.get("kd")(DistillConfig(), [], []), [t1, t2])
+    obj = DistillObjective(method_loss("kd"), [t1, t2])
     out = obj.teacher_outputs(x, torch.arange(16))
     torch.testing.assert_close(out.logits, (t1(x) + t2(x)) / 2)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from kdflow.config import TrainConfig
-from kdflow.distributed import seed_everything
 from kdflow.errors import KdflowError
 from kdflow.metrics import predict
 from kdflow.models import MODELS, build_model, count_params
+from kdflow.seed import seed_everything
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
 
@@ -70,6 +70,26 @@ def test_checkpoint_of_other_params_is_not_reused(digits_dir: Path, tmp_path: Pa
         CFG, model, task["train"], task["val"], ckpt_dir=tmp_path, fingerprint="other"
     )
     assert trainer.fit().resumed_from == 0
+
+
+def test_checkpoint_of_another_world_size_is_not_resumed(
+    digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Shards and per-rank augmentation depend on the number of processes: a checkpoint
+    written by 2 is not resumed by 1 (the Trainer records the world size it sees)."""
+    import kdflow.trainer as tr
+
+    def die(metrics: dict, epoch: int) -> None:
+        raise Boom
+
+    monkeypatch.setattr(tr, "world_size", lambda: 2)
+    with pytest.raises(Boom):
+        _train(digits_dir, ckpt=tmp_path, on_epoch=die)
+    assert (tmp_path / "last.pt").is_file()
+    monkeypatch.undo()
+    _, result, _ = _train(digits_dir, ckpt=tmp_path)
+    assert result.resumed_from == 0 and len(result.history) == 3
+    assert "written by 2 process(es), this run has 1; starting over" in capsys.readouterr().err
 
 
 def test_nan_guard_names_epoch_and_step(digits_dir: Path) -> None:

@@ -22,9 +22,9 @@ from torch import nn
 from kdflow import cost, export, quality, report
 from kdflow.checkpoint import load_model, model_meta, save_model
 from kdflow.config import DataConfig, TrackingConfig, TrainConfig
-from kdflow.distributed import seed_everything
 from kdflow.metrics import predict
 from kdflow.models import build_model
+from kdflow.seed import seed_everything
 from kdflow.tasks import Task, load_task, prepare
 from kdflow.trainer import Trainer
 from kdflow.transfer import TransferNet
@@ -373,23 +373,45 @@ def test_evaluate_stage_end_to_end(
 
 # ---------------------------------------------------------------- kdflow compare
 
+BASELINE = "ba5e" * 10  # a DVC experiment's baseline commit
+
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real sqlite MLflow store with two distill runs and one train run."""
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A real sqlite MLflow store with two distill runs (DVC experiments exp-a, exp-b) and one
+    train run, all at the commit of a fresh git repository; returns (uri, commit)."""
+    import os
+
     from kdflow.tracking import Tracker
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    base = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "c"]):
+        subprocess.run(["git", *cmd], cwd=base, check=True, env={**os.environ, **env})
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=base, capture_output=True, text=True, check=True
+    ).stdout.strip()
     cfg = TrackingConfig(uri=uri, experiment="cmp", log_models=False)
-    for stage, temp, acc, agree in [
-        ("distill", 2.0, 0.81, 0.90),
-        ("distill", 8.0, 0.87, 0.95),
-        ("train@student", None, 0.79, None),
-    ]:
-        params = {"distill.temperature": temp} if temp else {"model.arch": "cnn"}
-        with Tracker(cfg, stage, params) as t:
-            t.log_metrics({"test.accuracy": acc, "test.agreement": agree})
-    return uri
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        for var in ("KDFLOW_PIPELINE_ID", "DVC_STAGE"):
+            mp.delenv(var, raising=False)
+        for stage, temp, acc, agree, exp in [
+            ("distill", 2.0, 0.81, 0.90, "exp-a"),
+            ("distill", 8.0, 0.87, 0.95, "exp-b"),
+            ("train@student", None, 0.79, None, None),
+        ]:
+            for var, value in (("DVC_EXP_NAME", exp), ("DVC_EXP_BASELINE_REV", BASELINE)):
+                if exp == "exp-a" or (exp and var == "DVC_EXP_NAME"):
+                    mp.setenv(var, value)
+                else:
+                    mp.delenv(var, raising=False)
+            params = {"distill.temperature": temp} if temp else {"model.arch": "cnn"}
+            with Tracker(cfg, stage, params) as t:
+                t.log_metrics({"test.accuracy": acc, "test.agreement": agree})
+    return uri, commit
 
 
 def _compare(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -399,53 +421,116 @@ def _compare(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
+def _csv(capsys: pytest.CaptureFixture[str], *args: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(_compare(capsys, *args, "--format", "csv")))
+
+
 def test_compare_sorts_by_metric_and_csv_parses(
-    store: str, capsys: pytest.CaptureFixture[str]
+    store: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = _compare(capsys, "--uri", store, "--sort", "test.accuracy", "--format", "csv")
-    df = pd.read_csv(io.StringIO(out))
+    uri, _ = store
+    df = _csv(capsys, "--uri", uri, "--sort", "test.accuracy")
     assert list(df["test.accuracy"]) == [0.87, 0.81, 0.79]
     assert {"run", "start", "stage", "pipeline", "commit", "test.agreement"} <= set(df.columns)
     assert list(df["stage"]) == ["distill", "distill", "train@student"]
     assert df["distill.temperature"].tolist()[:2] == [8.0, 2.0]
     assert df["run"].str.len().eq(8).all()
 
-    out = _compare(
-        capsys,
-        "--uri",
-        store,
-        "--experiment",
-        "cmp",
-        "--stage",
-        "distill",
-        "--sort",
-        "test.agreement",
-        "--ascending",
-        "--format",
-        "csv",
-    )
-    df = pd.read_csv(io.StringIO(out))
+    df = _csv(
+        capsys, "--uri", uri, "--mlflow-experiment", "cmp", "--stage", "distill",
+        "--sort", "test.agreement", "--ascending",
+    )  # fmt: skip
     assert list(df["test.agreement"]) == [0.90, 0.95]
 
-    out = _compare(capsys, "--uri", store, "--sort", "test.accuracy", "--limit", "1")
+    out = _compare(capsys, "--uri", uri, "--sort", "test.accuracy", "--limit", "1")
     lines = [line for line in out.splitlines() if line.startswith("|")]
     assert len(lines) == 3 and "0.8700" in lines[2]  # header, rule, one row
 
 
-def test_compare_errors_are_one_line(
-    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_compare_filters_by_dvc_experiment_commit_and_pipeline(
+    store: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, commit = store
+    df = _csv(capsys, "--uri", uri, "--exp", "exp-a", "--exp", "exp-b")
+    assert sorted(df["dvc_exp"]) == ["exp-a", "exp-b"]
+    # a commit matches a run's own commit or its experiment's baseline
+    assert len(_csv(capsys, "--uri", uri, "--commit", commit[:8])) == 3
+    df = _csv(capsys, "--uri", uri, "--commit", BASELINE[:10].upper())
+    assert list(df["dvc_exp"]) == ["exp-a"]
+    df = _csv(capsys, "--uri", uri, "--exp", "exp-b", "--commit", commit[:8], "--stage", "distill")
+    assert list(df["test.accuracy"]) == [0.87]
+    pipeline = df["pipeline"][0]
+    df = _csv(capsys, "--uri", uri, "--pipeline-id", pipeline)
+    assert list(df["pipeline"]) == [pipeline] and list(df["dvc_exp"]) == ["exp-b"]
+
+
+def test_the_store_comes_from_params_unless_uri_is_given(
+    store: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from kdflow.cli import main
 
+    uri, _ = store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"uri": uri}}))
+    assert len(_csv(capsys, "--stage", "distill")) == 2  # ./params.yaml's tracking.uri
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"tracking": {"uri": f"sqlite:///{tmp_path / 'no.db'}"}}))
+    with pytest.raises(SystemExit):
+        main(["compare", "--params", str(other)])
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert len(_csv(capsys, "--params", str(other), "--uri", uri)) == 3  # --uri wins
+
+
+def test_params_command_prints_every_resolved_param(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdflow.cli import main
+    from kdflow.params import load_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("tracking:\n  experiment: other\n")
+    main(["params"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["tracking"] == {
+        "uri": None, "experiment": "other", "log_models": True, "register_models": True,
+    }  # fmt: skip
+    assert shown == load_params(tmp_path / "params.yaml").model_dump(mode="json")
+    assert {"data", "models", "train", "distill", "transfer"} <= set(shown)
+    with pytest.raises(SystemExit) as exc:
+        main(["params", "--params", "missing.yaml"])
+    assert exc.value.code == 2 and "missing.yaml" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(
+    store: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kdflow.cli import main
+
+    uri, _ = store
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
     cases = [
-        (["--uri", store, "--sort", "no.such.metric"], "unknown sort metric 'no.such.metric'"),
-        (["--uri", store, "--stage", "nope"], "no runs found for stage nope"),
-        (["--uri", f"sqlite:///{tmp_path / 'missing.db'}"], "no MLflow store"),
-        (["--uri", "http://127.0.0.1:9"], "not reachable"),
+        (["compare", "--uri", uri, "--sort", "no.such.metric"], "unknown sort metric"),
+        (["compare", "--uri", uri, "--stage", "nope"], "no runs found at"),
+        (
+            ["compare", "--uri", uri, "--exp", "nope", "--stage", "distill"],
+            "DVC experiment(s) nope",
+        ),
+        (["compare", "--uri", uri, "--commit", "HEAD~1"], "is not a commit id"),
+        (["compare", "--uri", uri, "--stage", 'it\'s "x"'], "both kinds of quote"),
+        (["compare", "--uri", missing], "no MLflow store"),
+        (["compare", "--uri", "http://127.0.0.1:9"], "not reachable"),
+        (["alias", "--uri", missing, "x.pt"], "no MLflow store"),
+        (["ui", "--uri", missing], "no MLflow store"),
+        (["ui", "--uri", "http://127.0.0.1:9"], "is a server already"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:
-            main(["compare", *args])
+            main(args)
         assert exc.value.code == 1
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and message in err, err
+        assert len(err.splitlines()) == 1 and message in err, (args, err)
+    assert not (tmp_path / "missing.db").exists()  # no empty store was created

@@ -244,7 +244,7 @@ def test_queued_experiments_land_in_the_repos_store(copy: Path) -> None:
             "-n",
             name,
             "-S",
-            f"transfer.options.lwf.lambda_old={lam}",
+            f"++transfer.options.lwf.lambda_old={lam}",  # params.yaml lists only overrides
         )
     sh(copy, "dvc", "exp", "run", "--run-all", timeout=1200)
     assert not list((copy / ".dvc/tmp/exps").glob("**/mlflow.db"))
@@ -258,3 +258,9 @@ def test_queued_experiments_land_in_the_repos_store(copy: Path) -> None:
         assert all(r.data.tags["kdflow.git_dirty"] == "false" for r in found)
         assert all(r.data.tags["kdflow.baseline_commit"] for r in found)
         assert all(r.info.status == "FINISHED" for r in found)
+    # kdflow compare puts the two experiments side by side (./params.yaml names the store)
+    proc = sh(copy, "kdflow", "compare", "--exp", "qa", "--exp", "qb", "--stage", "transfer@lwf",
+              "--format", "csv")  # fmt: skip
+    header, *rows = proc.stdout.strip().splitlines()
+    exp_col = header.split(",").index("dvc_exp")
+    assert sorted(r.split(",")[exp_col] for r in rows) == ["qa", "qb"], proc.stdout

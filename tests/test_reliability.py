@@ -3,6 +3,7 @@ a real MLflow server receives runs and models."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -141,8 +142,8 @@ STUDENT = ["stages/train.py", "student"]
 CASES = [
     ("unknown-key", set_param("data.datset", "digits"), PREPARE, ["unknown key data.datset", "allowed keys"], 2),
     ("wrong-type", set_param("data.shots_per_class", "ten"), PREPARE, ["data.shots_per_class = 'ten'", "integer"], 2),
-    ("negative-temperature", set_param("distill.temperature", -1), DISTILL, ["distill.temperature = -1", "greater than 0"], 2),
-    ("alpha-out-of-range", set_param("distill.alpha", 1.5), DISTILL, ["distill.alpha = 1.5", "less than or equal to 1"], 2),
+    ("negative-temperature", set_param("distill.methods", {"kd": {"temperature": -1}}), DISTILL, ["distill.methods.kd.temperature = -1", "greater than 0"], 2),
+    ("alpha-out-of-range", set_param("distill.methods", {"kd": {"alpha": 1.5}}), DISTILL, ["distill.methods.kd.alpha = 1.5", "less than or equal to 1"], 2),
     ("unknown-method", set_param("distill.method", "crd"), DISTILL, ["distill.method = 'crd'", "valid: at, dist, dkd, fitnet, kd, rkd"], 2),
     ("unknown-arch", set_param("models.student.arch", "resnet9"), STUDENT, ["models.student.arch = 'resnet9'", "resnet8x4"], 2),
     ("unknown-dataset", set_param("data.dataset", "imagenet"), PREPARE, ["data.dataset = 'imagenet'", "fashion_mnist"], 2),
@@ -318,8 +319,8 @@ def _one_finished_run(repo: Path, argv: list[str]) -> None:
 
 
 def test_no_params_value_is_evaluated_or_imported() -> None:
-    from kdflow.config import parse_params
     from kdflow.errors import ParamsError
+    from kdflow.params import parse_params
 
     src = Path(__file__).resolve().parents[1] / "src" / "kdflow"
     text = "\n".join(p.read_text() for p in src.rglob("*.py"))
@@ -342,11 +343,57 @@ def test_no_params_value_is_evaluated_or_imported() -> None:
                 assert "weights_only=True" in line, f"{p.name}: {line.strip()}"
 
 
-def test_ui_command_binds_loopback() -> None:
-    from kdflow import cli
+def test_ui_binds_loopback_and_sigterm_stops_its_whole_server(tmp_path: Path) -> None:
+    """`kdflow ui` serves on 127.0.0.1 only, without MLflow's job runner, and a SIGTERM to
+    kdflow leaves no server process and no open port behind."""
+    import urllib.request
 
-    text = Path(cli.__file__).read_text()
-    assert "127.0.0.1" in text and "0.0.0.0" not in text
+    import mlflow
+    import psutil
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).search_experiments()  # creates the store's tables
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "kdflow"), "ui", "--port", str(port), "--uri", uri], cwd=tmp_path,
+        env=stage_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    kids: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"kdflow ui did not answer within 120 s: {proc.communicate()[1][-2000:]}")
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        assert kids, "kdflow ui started no server process"
+        assert not any("huey" in " ".join(k.cmdline()) for k in kids)  # no job runner
+        listening = {
+            c.laddr.ip
+            for k in kids
+            for c in k.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}, listening
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()[-2000:]
+        _, alive = psutil.wait_procs(kids, timeout=10)
+        assert not alive, [" ".join(k.cmdline())[:120] for k in alive]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:  # a failed test leaves nothing running either
+        if proc.poll() is None:
+            kids = kids or psutil.Process(proc.pid).children(recursive=True)
+            proc.kill()
+        for k in kids:
+            with contextlib.suppress(psutil.Error):
+                k.kill()
+        proc.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- MLflow server

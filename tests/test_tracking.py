@@ -1,7 +1,13 @@
-"""MLflow on a real sqlite store: params, per-epoch metrics, tags, registered models."""
+"""MLflow on a real sqlite store: params, per-epoch metrics, tags, registered models; where
+the store is; which pipeline execution a stage belongs to."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import mlflow
@@ -10,7 +16,6 @@ import torch
 
 from kdflow.checkpoint import load_model
 from kdflow.tasks import load_task
-from kdflow.tracking import load_registered
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def test_train_run_has_params_epoch_metrics_and_tags(store: str, pipeline_repo: 
 
 
 def test_registered_model_loads_back_with_same_outputs(store: str, pipeline_repo: Path) -> None:
-    logged = load_registered("kdflow-teacher", store)
+    logged = mlflow.pytorch.load_model("models:/kdflow-teacher@newest")
     local, _ = load_model(pipeline_repo / "models/teacher.pt")
     x = load_task(pipeline_repo / "data/prepared/old")["test"][0][:16]
     with torch.no_grad():
@@ -98,7 +103,67 @@ def test_default_store_is_the_repositorys_also_from_dvc_experiment_copies(
 
 def test_runs_are_named_for_what_they_are(store: str) -> None:
     names = {r.info.run_name for r in _runs("distill")}
-    assert any(n.startswith("distill kd T=") for n in names), names
+    assert any(n.startswith("distill kd ") and "temperature=" in n for n in names), names
     assert any(
         r.info.run_name.startswith("transfer@lwf from distilled") for r in _runs("transfer@lwf")
     )
+
+
+def test_sqlite_store_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdflow.errors import KdflowError
+    from kdflow.tracking.store import artifact_location, default_store, require_store, sqlite_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert sqlite_path("sqlite:////abs/m.db?timeout=9") == Path("/abs/m.db")
+    assert sqlite_path("sqlite:///m.db") == Path("m.db")
+    assert sqlite_path("sqlite:///:memory:") is None and sqlite_path("http://h:5000") is None
+    assert default_store("sqlite:///mlflow.db") == Path("mlflow.db")  # the repository's own
+    assert default_store(f"sqlite:///{tmp_path / 'other.db'}") is None
+    assert artifact_location("sqlite:///sub/m.db") == (tmp_path / "sub/mlartifacts").as_uri()
+    assert artifact_location("http://h:5000") is None
+    with pytest.raises(KdflowError, match="no MLflow store at"):
+        require_store("sqlite:///mlflow.db")
+    (tmp_path / "mlflow.db").touch()
+    require_store("sqlite:///mlflow.db")
+    require_store("http://h:5000")  # a server: nothing to check on disk
+
+
+CHILD = "from kdflow.tracking.provenance import pipeline_id; print(pipeline_id())"
+
+
+def test_pipeline_id_comes_from_the_dvc_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stages started by one `dvc` process share an id (one per DVC experiment); others
+    get a fresh one each."""
+    from kdflow.tracking.provenance import pipeline_id
+
+    fake = tmp_path / "dvc"  # a process whose command line is `python .../dvc`
+    fake.write_text(
+        textwrap.dedent(f"""
+        import json, os, subprocess, sys
+        run = lambda **env: subprocess.run([sys.executable, "-c", {CHILD!r}], check=True,
+            capture_output=True, text=True, env={{**os.environ, **env}}).stdout.strip()
+        print(json.dumps([run(), run(), run(DVC_EXP_NAME="exp-a")]))
+        """)
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("KDFLOW_PIPELINE_ID", "DVC_EXP_NAME")}
+    out = subprocess.run(
+        [sys.executable, str(fake)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second, experiment = json.loads(out.stdout)
+    assert first == second and len(first) == 12
+    assert experiment != first
+    monkeypatch.delenv("KDFLOW_PIPELINE_ID", raising=False)
+    assert pipeline_id() != pipeline_id()  # no dvc above pytest: a fresh id each time
+    monkeypatch.setenv("KDFLOW_PIPELINE_ID", "given")
+    assert pipeline_id() == "given"
+
+
+def test_process_seconds_counts_from_process_start() -> None:
+    code = "import time; time.sleep(1.0); from kdflow.tracking import process_seconds; "
+    code += "print(process_seconds())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 1.0 <= float(out.stdout) < 60  # the sleep before the import counts too

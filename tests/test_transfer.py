@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdflow.config import TrainConfig, TransferConfig
-from kdflow.distributed import seed_everything
+from kdflow.config import TrainConfig
 from kdflow.metrics import predict
 from kdflow.models import build_model
+from kdflow.params import validate_options
+from kdflow.pipeline.recipes import transfer_train
+from kdflow.seed import seed_everything
 from kdflow.strategies import STRATEGIES
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
-from kdflow.transfer import TransferNet, run_strategy
+from kdflow.transfer import TransferNet, build_phases
 
 CFG = TrainConfig(epochs=30, batch_size=32, lr=0.01, device="cpu", select="last")
 
@@ -36,8 +38,10 @@ def _transfer(
     new = load_task(digits_dir / "new")
     seed_everything(0)
     model = TransferNet(copy.deepcopy(source), new.num_classes)
-    opts = {**TransferConfig().options_for(name), "lr": None, **options}  # the test sets lr
-    run_strategy(model, STRATEGIES.get(name), opts, new["train"], CFG.model_copy(update={"lr": lr}))
+    opts = validate_options(STRATEGIES, "transfer.options", name, options)
+    opts = {**opts, "lr": None} if "lr" in opts else opts  # the test sets lr
+    phases = build_phases(name, opts, model, new["train"][0])
+    transfer_train(opts, CFG.model_copy(update={"lr": lr}), model, phases, new["train"])
     return model.eval()
 
 
@@ -84,3 +88,38 @@ def test_linear_probe_stays_eval_while_training(source) -> None:
     model.train()
     assert not model.net.training and model.new_head.training
     assert not any(p.requires_grad for p in model.net.parameters())
+
+
+def test_cv_transfer_with_fewer_shots_than_folds(source, digits_dir: Path) -> None:
+    from kdflow.errors import ParamsError
+    from kdflow.params import parse_params
+    from kdflow.pipeline.cv import cv_transfer, fold_indices
+
+    y = torch.tensor([0, 0, 0, 1, 1, 1])  # 3 shots per class, 5 folds asked for
+    assert len(fold_indices(y, 5)) == 3
+    with pytest.raises(ParamsError, match="at least 2 labelled images per class"):
+        fold_indices(torch.tensor([0, 0, 1]), 5)
+    old, new = load_task(digits_dir / "old"), load_task(digits_dir / "new")
+    x, y = new["train"]
+    keep = torch.zeros_like(y, dtype=torch.bool)
+    for c in range(5):
+        keep[torch.nonzero(y == c).flatten()[:3]] = True
+    few = type(new)(new.path, {**new.splits, "train": (x.subset(keep), y[keep])}, new.manifest)
+    params = parse_params({"transfer": {"train": {"epochs": 2, "min_steps": 0}}})
+    spec = {"arch": "cnn", "width": 16, "depth": 2}
+    acc = cv_transfer(params, "linear_probe", source, spec, old, few)
+    assert 0.0 <= acc <= 1.0
+
+
+def test_probe_folds_follow_the_transfer_seed(source, digits_dir: Path) -> None:
+    from kdflow.probe import embeddings, fit_logistic
+
+    new = load_task(digits_dir / "new")
+    feats, y = embeddings(source, new["train"][0]), new["train"][1].numpy()
+    runs = {seed: fit_logistic(feats, y, seed=seed)[2]["cv_accuracy"] for seed in (0, 0, 1, 2, 3)}
+    assert len(set(runs.values())) > 1  # the folds, and so the CV score, depend on the seed
+    model = TransferNet(source, new.num_classes)
+    phase = build_phases("linear_probe", {}, model, new["train"][0])[0]
+    a = phase.solve(model, *new["train"], 0)["cv_accuracy"]
+    b = phase.solve(model, *new["train"], 3)["cv_accuracy"]
+    assert (a == runs[0]) and (b == runs[3])

@@ -10,6 +10,7 @@ from torch import nn
 from kdflow.errors import KdflowError
 from kdflow.io import atomic_torch_save, safe_load
 from kdflow.models import build_model
+from kdflow.transfer import TransferNet
 
 FORMAT = "kdflow.model/1"
 
@@ -88,8 +89,6 @@ def load_model(
         spec.get("depth", 3),
     )
     if spec.get("kind") == "transfer":
-        from kdflow.transfer import TransferNet
-
         model = TransferNet(model, int(spec["new_classes"]))
     try:
         model.load_state_dict(_strip_prefix(ckpt["state_dict"]))

@@ -1,57 +1,23 @@
-"""The typed schema of params.yaml: every key, its default, and what is allowed.
+"""The typed schema of params.yaml: every key, its type, its library default and its range.
 
-A mistake in params.yaml becomes one line naming the key, the value and what is allowed.
+Only the schema: reading the file, registry names and per-method options are checked in
+``kdflow.params``, which is what stages and benchmarks call.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from kdflow.errors import ParamsError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_name(registry_path: str, name: str) -> str:
-    import importlib
-
-    module, attr = registry_path.rsplit(".", 1)
-    reg = getattr(importlib.import_module(module), attr)
-    if name not in reg:
-        raise ValueError(f"unknown {reg.kind}; valid: {', '.join(reg.names())}")
-    return name
-
-
-def _check_options(registry_path: str, where: str, options: dict[str, dict[str, Any]]) -> dict:
-    """Validate per-method option blocks against the schema each method registers."""
-    import importlib
-
-    module, attr = registry_path.rsplit(".", 1)
-    reg = getattr(importlib.import_module(module), attr)
-    out = {}
-    for name, block in options.items():
-        _check_name(registry_path, name)
-        schema = reg.schema(name)
-        if schema is None:
-            if block:
-                raise ValueError(f"{name} takes no options")
-            out[name] = {}
-            continue
-        try:
-            out[name] = schema.model_validate(block or {}).model_dump()
-        except ValidationError as exc:
-            raise ParamsError(_format_error(exc, prefix=f"{where}.{name}")) from None
-    return out
-
-
 class DataConfig(Section):
-    dataset: str = "fashion_mnist"
+    dataset: str = "fashion_mnist"  # a name in kdflow.datasets.DATASETS
     root: str | None = None
     download: bool = False
     # class ids, or class names (an image folder's subfolder names, a dataset's class names)
@@ -64,11 +30,6 @@ class DataConfig(Section):
     max_test_per_class: int | None = Field(None, ge=1)
     image_size: int | None = Field(None, ge=4, le=1024)
     seed: int = 0
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return _check_name("kdflow.datasets.DATASETS", v)
 
     @field_validator("old_classes", "new_classes")
     @classmethod
@@ -92,7 +53,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: str = "cnn"
+    arch: str = "cnn"  # a name in kdflow.models.MODELS
     width: int = Field(32, ge=1, le=4096)
     depth: int = Field(3, ge=1, le=8)
     # first weights: null (random), a file under external/<role>/ (kdflow checkpoint or a state
@@ -100,16 +61,12 @@ class ModelConfig(Section):
     weights: str | None = Field(None, min_length=1)
     fine_tune: bool = True  # false: adopt a finished model (this task's classes) as is
 
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        return _check_name("kdflow.models.MODELS", v)
-
 
 class TrainConfig(Section):
+    """How one training stage trains; ``train.defaults`` holds what the stages share."""
+
     epochs: int = Field(8, ge=1)
     min_steps: int = Field(0, ge=0)
-    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
@@ -138,35 +95,33 @@ class TrainConfig(Section):
         return v
 
 
+class RoleTrainConfig(TrainConfig):
+    """Training of the teacher or the student alone: also which labels it may use."""
+
+    # share of the old task's training images whose label is used (stratified, data.seed);
+    # the distilled student uses train.student's, so both see the same labels
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+
 class ModelsConfig(Section):
-    teacher: ModelConfig = ModelConfig(arch="cnn", width=32, depth=3)
-    student: ModelConfig = ModelConfig(arch="cnn", width=8, depth=3)
+    teacher: ModelConfig = ModelConfig(width=32)
+    student: ModelConfig = ModelConfig(width=8)
 
 
 class TrainStages(Section):
-    teacher: TrainConfig = TrainConfig(epochs=8, min_steps=1500, lr=0.01)
-    student: TrainConfig = TrainConfig(epochs=15, min_steps=3000, lr=0.03)
+    defaults: TrainConfig = TrainConfig()
+    teacher: RoleTrainConfig = RoleTrainConfig()
+    student: RoleTrainConfig = RoleTrainConfig()
 
 
 class DistillConfig(Section):
-    method: str = "kd"
+    method: str = "kd"  # a name in kdflow.losses.LOSSES
     init: Literal["scratch", "student"] = "scratch"
-    temperature: float = Field(1.0, gt=0.0, le=1000.0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
     cache_teacher: bool = True
     extra_teachers: list[str] = Field(default_factory=list)
+    # per-method options (temperature, weights); kdflow.params fills in each method's defaults
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig(epochs=15, min_steps=3000, lr=0.03)
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        return _check_name("kdflow.losses.LOSSES", v)
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return _check_options("kdflow.losses.LOSSES", "distill.methods", v)
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _no_smoothing(self) -> DistillConfig:
@@ -178,13 +133,8 @@ class DistillConfig(Section):
         return self
 
     def options(self) -> dict[str, Any]:
-        """The chosen method's options with defaults filled in."""
-        from kdflow.losses import LOSSES
-
-        schema = LOSSES.schema(self.method)
-        if schema is None:
-            return {}
-        return schema.model_validate(self.methods.get(self.method, {})).model_dump()
+        """The chosen method's options (validated, defaults filled, by ``kdflow.params``)."""
+        return dict(self.methods.get(self.method, {}))
 
 
 class TransferConfig(Section):
@@ -193,49 +143,19 @@ class TransferConfig(Section):
         default_factory=lambda: ["scratch", "linear_probe", "finetune", "lp_ft", "lwf"],
         min_length=1,
     )
+    # per-strategy options; kdflow.params fills in each strategy's defaults
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig(
-        epochs=30, min_steps=1000, batch_size=64, lr=0.01, select="last"
-    )
+    train: TrainConfig = TrainConfig(select="last")  # the new task has no validation split
 
     @field_validator("strategies")
     @classmethod
-    def _strategies(cls, v: list[str]) -> list[str]:
-        for name in v:
-            _check_name("kdflow.strategies.STRATEGIES", name)
+    def _distinct(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("strategies must be distinct")
         return v
 
-    @field_validator("options")
-    @classmethod
-    def _options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return _check_options("kdflow.strategies.STRATEGIES", "transfer.options", v)
-
-    @model_validator(mode="after")
-    def _lwf_without_augment(self) -> TransferConfig:
-        if "lwf" in self.strategies and self.train.augment:
-            raise ValueError(
-                "train.augment must be false with lwf: its old-task targets are recorded on "
-                "un-augmented images"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _all_shots_labelled(self) -> TransferConfig:
-        if self.train.label_fraction != 1.0:
-            raise ValueError(
-                "train.label_fraction must be 1 for transfer: data.shots_per_class sets its labels"
-            )
-        return self
-
     def options_for(self, name: str) -> dict[str, Any]:
-        from kdflow.strategies import STRATEGIES
-
-        schema = STRATEGIES.schema(name)
-        if schema is None:
-            return {}
-        return schema.model_validate(self.options.get(name, {})).model_dump()
+        return dict(self.options.get(name, {}))
 
 
 class EvaluateConfig(Section):
@@ -252,7 +172,8 @@ class ComputeConfig(Section):
     nproc_per_node: int = Field(1, ge=1, le=1024)
     nnodes: int = Field(1, ge=1, le=4096)
     rdzv_endpoint: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+:[0-9]{1,5}$")
-    rdzv_id: str = Field("kdflow", pattern=r"^[A-Za-z0-9_.\-]+$")
+    # null: derived from the stage, the params and the DVC experiment (one rendezvous each)
+    rdzv_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
     rdzv_timeout: int = Field(60, ge=1)  # seconds to wait for another node's endpoint
 
     @model_validator(mode="after")
@@ -267,6 +188,12 @@ class TrackingConfig(Section):
     experiment: str = Field("kdflow", min_length=1)
     log_models: bool = True
     register_models: bool = True
+    system_metrics: bool = False  # MLflow's CPU/GPU/memory metrics for each stage run
+
+
+# The training sections that take train.defaults for every key they do not set.
+TRAINING_SECTIONS = (("train", "teacher"), ("train", "student"), ("distill", "train"),
+                     ("transfer", "train"))  # fmt: skip
 
 
 class Params(Section):
@@ -279,67 +206,19 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     compute: ComputeConfig = ComputeConfig()
 
-    @model_validator(mode="after")
-    def _same_labels(self) -> Params:
-        a, b = self.train.student.label_fraction, self.distill.train.label_fraction
-        if a != b:
-            raise ValueError(
-                f"train.student.label_fraction ({a}) and distill.train.label_fraction ({b}) "
-                "differ; the student alone and the distilled student must see the same labels"
-            )
-        return self
-
-
-def _allowed(loc: tuple, model: type[BaseModel] = Params) -> list[str]:
-    """The keys allowed at ``loc`` (for 'unknown key' messages)."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
-
-
-def _format_error(exc: ValidationError, prefix: str = "") -> str:
-    err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if p != "__root__")
-    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(top level)"
-    value = err.get("input")
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed(loc) if not prefix else []
-        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-        return f"params.yaml: unknown key {key} (value {value!r}){hint}"
-    if err["type"] == "missing":
-        return f"params.yaml: missing key {key}"
-    if isinstance(value, dict):  # a rule across keys of a section: the message names them
-        return f"params.yaml: {key}: {msg}"
-    return f"params.yaml: {key} = {value!r} is not allowed: {msg}"
-
-
-def parse_params(raw: Any) -> Params:
-    """Validate a params mapping; raises ParamsError with one readable line."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError("params.yaml: the top level must be a mapping of sections")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        raise ParamsError(_format_error(exc)) from None
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (missing file -> all defaults is NOT assumed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: no such params file; run from the repository root")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ParamsError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_params(raw)
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_training_defaults(cls, raw: Any) -> Any:
+        """Each training section is ``train.defaults`` updated by what the section sets."""
+        if not isinstance(raw, dict):
+            return raw
+        train = raw.get("train")
+        defaults = train.get("defaults") if isinstance(train, dict) else None
+        if not isinstance(defaults, dict) or not defaults:
+            return raw
+        raw = copy.deepcopy(raw)
+        for outer, inner in TRAINING_SECTIONS:
+            section = raw.setdefault(outer, {})
+            if isinstance(section, dict) and isinstance(section.get(inner, {}), dict):
+                section[inner] = {**defaults, **(section.get(inner) or {})}
+        return raw

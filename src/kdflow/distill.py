@@ -21,9 +21,9 @@ from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss
 from kdflow.metrics import average_logits, predict
 from kdflow.models import model_spec
+from kdflow.objective import Objective
 from kdflow.outputs import Outputs
 from kdflow.pretrained import load_initial
-from kdflow.trainer import Objective
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -122,6 +122,13 @@ class DistillObjective(Objective):
         parts = {k: v for k, v in terms.items() if k != "loss"}
         return terms["loss"], student.logits, parts
 
+    def extra_state(self) -> dict[str, Any]:
+        """The loss's state beyond its parameters (an adversary's), for resume checkpoints."""
+        return self.loss.extra_state()
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.loss.load_extra_state(state)
+
 
 def build_objective(
     cfg: DistillConfig,
@@ -138,7 +145,8 @@ def build_objective(
     only; ``objective.cached is not None`` says whether it is used.
     """
     probe = train_x[:2]
-    loss = LOSSES.get(cfg.method)(cfg, probe_dims(student, probe), probe_dims(teachers[0], probe))
+    dims = probe_dims(student, probe), probe_dims(teachers[0], probe)
+    loss = LOSSES.build(cfg.method, cfg.options(), *dims)
     cached = None
     if cfg.cache_teacher and not cfg.train.augment and not loss.needs_features and cache_dir:
         key = cache_key(teacher_hashes, data_hash)

@@ -7,7 +7,10 @@ and the stages never touch ``torch.distributed`` directly.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
+import secrets
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,10 +100,22 @@ def check_endpoint(endpoint: str, timeout: float) -> None:
             time.sleep(1)
 
 
-def launch(compute: Any) -> None:
+def rdzv_id(compute: Any, stage: str, params_file: str | Path) -> str:
+    """The rendezvous of one stage of one experiment: ``compute.rdzv_id`` when set, else a hash
+    of the stage, the params and the DVC experiment, so that two queued experiments never join
+    one rendezvous while every node of one stage (same command, same params) does."""
+    if compute.rdzv_id:
+        return str(compute.rdzv_id)
+    h = hashlib.sha256(Path(params_file).read_bytes())
+    h.update(f"|{stage}|{os.environ.get('DVC_EXP_NAME', '')}".encode())
+    return f"kdflow-{stage.replace('@', '-')}-{h.hexdigest()[:12]}"
+
+
+def launch(compute: Any, stage: str, params_file: str | Path) -> None:
     """Run this stage on ``compute.nproc_per_node`` x ``nnodes`` processes: re-execute it
     under torch.distributed.run (PyTorch's elastic launcher) unless already launched. Ranks
-    see the same command line; rank 0 writes and logs."""
+    see the same command line; global rank 0 writes and logs. Another node runs the very same
+    command (docs/scaling.md); the nodes must share the repository's filesystem (checked)."""
     if compute.nproc_per_node * compute.nnodes <= 1 or "LOCAL_RANK" in os.environ:
         return
     import subprocess
@@ -111,13 +126,47 @@ def launch(compute: Any) -> None:
     if compute.rdzv_endpoint:
         check_endpoint(compute.rdzv_endpoint, compute.rdzv_timeout)
         cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={compute.rdzv_endpoint}"]
-        cmd += [f"--rdzv_id={compute.rdzv_id}"]
+        cmd += [f"--rdzv_id={rdzv_id(compute, stage, params_file)}"]
     else:
         cmd += ["--standalone"]
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # share the cores (torchrun would say 1, with a warning)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // compute.nproc_per_node))
     raise SystemExit(subprocess.call([*cmd, *sys.argv], env=env))
+
+
+def multi_node() -> bool:
+    """More processes in the job than on this node (torchrun's view)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def require_shared(folder: Path) -> None:
+    """Several nodes must see one filesystem: global rank 0 writes the outputs and the resume
+    checkpoints that every node reads. Rank 0 writes a token under ``folder``; each rank must
+    read it back, else every rank stops with one line."""
+    if not (initialized() and multi_node()):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".kdflow-shared"
+    token = [secrets.token_hex(8) if is_main() else None]
+    if is_main():
+        probe.write_text(token[0])
+    dist.broadcast_object_list(token, src=0)
+    try:
+        seen = probe.read_text() == token[0]
+    except OSError:
+        seen = False
+    ok = torch.tensor([1.0 if seen else 0.0])
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    barrier()
+    if is_main():
+        probe.unlink(missing_ok=True)
+    if not ok.item():
+        raise ParamsError(
+            f"compute.nnodes > 1 needs one filesystem shared by every node: {folder.resolve()} "
+            "written by the first node is not there on another; run from a shared folder "
+            "(NFS or similar) on every node"
+        )
 
 
 def barrier() -> None:
@@ -132,11 +181,6 @@ def all_reduce_(t: torch.Tensor, mean: bool = False) -> torch.Tensor:
         if mean:
             t /= dist.get_world_size()
     return t
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed, same numbers on CPU (its kernels are deterministic at a fixed thread count)."""
-    torch.manual_seed(seed)
 
 
 def tune_backends(device: torch.device) -> None:

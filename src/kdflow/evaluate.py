@@ -21,8 +21,8 @@ from kdflow.config import EvaluateConfig
 from kdflow.errors import KdflowError
 from kdflow.export import PARITY_TOL, export_onnx, export_torchscript, onnx_parity
 from kdflow.io import atomic_dir, atomic_write_text
-from kdflow.metrics import retention
 from kdflow.tasks import Task
+from kdflow.transfer import old_task_kept
 
 OLD_MODELS = ("teacher", "student", "distilled")
 TIMED = ("latency_ms", "throughput", "speedup", "throughput_ratio", "threads")  # vary run to run
@@ -55,13 +55,11 @@ class Transfers:
         return max(self.new_task, key=lambda s: self.new_task[s]["accuracy"])
 
 
-def curve_files(folder: Path, strategies: list[str]) -> dict[str, Path]:
-    """The per-epoch CSVs of the training stages, by panel title of the learning-curve plot."""
-    curves = {n: folder / f"{n}.csv" for n in ("teacher", "student", "distill")}
-    return curves | {f"transfer/{s}": folder / "transfer" / f"{s}.csv" for s in strategies}
-
-
 def require_files(paths: dict[str, Path]) -> None:
+    """Each model evaluate compares, present; the three old-task roles named."""
+    missing = [n for n in OLD_MODELS if n not in paths]
+    if missing:
+        raise KdflowError(f"evaluate needs --model {missing[0]}=PATH (have {', '.join(paths)})")
     for what, path in paths.items():
         if not Path(path).is_file():
             raise KdflowError(f"{what} model {path} not found; run the stage that produces it")
@@ -121,10 +119,10 @@ def evaluate_transfers(
         row, logits = quality.evaluate_classifier(model, *new["test"], bins)
         out.new_task[s], out.logits[s] = row, logits
         out.confusions[s] = quality.confusion_matrix(logits, new["test"][1])
-        kept = None
-        if not ckpt.get("from_scratch", False):
-            kept = quality.evaluate_classifier(model.old_task(), *old["test"], bins)[0]["accuracy"]
-        out.retention[s] = {"old_task_accuracy": kept, **retention(source_accuracy, kept)}
+        source = None if ckpt.get("from_scratch", False) else source_accuracy
+        kept = old_task_kept(model, old["test"], source)
+        out.retention[s] = {"old_task_accuracy": kept["accuracy"], "retention": kept["retention"],
+                            "old_task_drop": kept["old_task_drop"]}  # fmt: skip
     return out
 
 

@@ -89,7 +89,7 @@ def write_npy_rows(path: Path, shape: tuple[int, ...], chunks: Any) -> None:
 
 
 class Images:
-    """A memory-mapped split of uint8 images, normalised on access."""
+    """A split of uint8 images on disk, read by rows (pread) and normalised on access."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from kdflow.checkpoint import FORMAT, describe, load_model
 from kdflow.errors import KdflowError, ParamsError
 from kdflow.io import md5_file, safe_load
-from kdflow.models import build_model, model_spec
+from kdflow.models import build_for_task, model_spec
 
 URI_PREFIXES = ("models:/", "runs:/")
 # torchvision ResNet names -> the Net layout every kdflow architecture uses
@@ -125,9 +125,7 @@ def load_initial(
     that ``models:/`` and ``runs:/`` resolve in.
     """
     spec = model_spec(cfg)
-    model = build_model(
-        cfg.arch, task.num_classes, task.in_channels, task.image_size, cfg.width, cfg.depth
-    )
+    model = build_for_task(spec, task)
     weights = cfg.weights
     if weights is None:
         return model, None

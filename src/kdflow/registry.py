@@ -65,6 +65,13 @@ class Registry(Generic[T]):
         self._load()
         return name in self._items
 
+    def build(self, name: str, options: dict[str, Any] | None, *args: Any) -> Any:
+        """The entry built from options that ``kdflow.params`` validated (not validated again):
+        the builder gets its options object (None for an entry without options) first."""
+        schema = self.schema(name)
+        opts = schema.model_construct(**(options or {})) if schema is not None else None
+        return self.get(name)(opts, *args)
+
     def get(self, name: str) -> T:
         self._load()
         if name not in self._items:

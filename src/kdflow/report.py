@@ -8,13 +8,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from torch import Tensor
-
-from kdflow.io import atomic_write_text
 
 DASH = "—"
 
@@ -212,10 +209,6 @@ def render_summary(
     if plots:
         parts += ["## Plots", ""] + [f"- [{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)
-
-
-def write_summary(path: str | Path, text: str) -> Path:
-    return atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------- CSV for DVC plots

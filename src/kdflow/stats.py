@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binomtest
 from torch import Tensor
 
 
@@ -18,7 +18,7 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, in
     """Discordant counts (a right/b wrong, a wrong/b right) and the two-sided exact p-value."""
     b = int(np.sum(a_correct & ~b_correct))
     c = int(np.sum(~a_correct & b_correct))
-    p = 1.0 if b + c == 0 else min(1.0, 2.0 * float(binom.cdf(min(b, c), b + c, 0.5)))
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return b, c, p
 
 

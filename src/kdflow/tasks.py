@@ -174,8 +174,8 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Task:
-    """A prepared task: images per split (memory-mapped, normalised on access), labels, class
-    info."""
+    """A prepared task: images per split (read from disk by rows, normalised on access),
+    labels, class info."""
 
     path: Path
     splits: dict[str, tuple[Images, Tensor]]
@@ -227,7 +227,7 @@ def load_task(path: str | Path) -> Task:
 
 
 def label_mask(y: Tensor, fraction: float, seed: int) -> Tensor:
-    """Which training images keep their label (``data.label_fraction``), stratified by class.
+    """Which training images keep their label (``train.<role>.label_fraction``), by class.
 
     Each class keeps ``round(fraction * n)`` labels, at least one; the draw depends only on
     the seed, so the student alone and the distilled student see the same labelled images.

@@ -14,10 +14,11 @@ from torch import Tensor, nn
 
 from kdflow.config import TrainConfig
 from kdflow.metrics import classification_metrics, predict, retention
-from kdflow.models import build_model, count_params
+from kdflow.models import build_for_task, count_params
+from kdflow.objective import Objective
 from kdflow.outputs import Outputs
 from kdflow.probe import solve_head
-from kdflow.trainer import Objective, Trainer
+from kdflow.strategies import STRATEGIES
 
 
 class TransferNet(nn.Module):
@@ -63,26 +64,26 @@ class TransferNet(nn.Module):
 class Phase:
     """One step of a strategy (LP-FT has two): trained by SGD, or solved in closed form.
 
-    A phase with ``solve`` is not trained: ``solve(model, x, y)`` sets its weights (a linear
+    A phase with ``solve`` is not trained: ``solve(model, x, y, seed)`` sets its weights (a linear
     probe fitted to convergence) and returns what it chose (e.g. the L2 strength).
     """
 
     name: str
-    epoch_fraction: float = 1.0
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     objective: Objective | None = None  # None: cross-entropy (with train.label_smoothing)
     freeze_backbone: bool = False
     uses_old_head: bool = False  # only LwF trains the old head; others leave it untouched
-    solve: Callable[[TransferNet, Tensor, Tensor], dict[str, Any]] | None = None
+    solve: Callable[[TransferNet, Tensor, Tensor, int], dict[str, Any]] | None = None
 
 
-def probe_phase(seed: int = 0) -> Phase:
-    """The new head solved by cross-validated logistic regression on frozen embeddings."""
+def probe_phase() -> Phase:
+    """The new head solved by cross-validated logistic regression on frozen embeddings; its
+    folds are drawn with ``transfer.train.seed``."""
 
-    def solve(model: TransferNet, x: Tensor, y: Tensor) -> dict[str, Any]:
+    def solve(model: TransferNet, x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:
         return solve_head(model.new_head, model.net, x, y, seed)
 
-    return Phase("linear_probe", 0.0, freeze_backbone=True, solve=solve)
+    return Phase("linear_probe", freeze_backbone=True, solve=solve)
 
 
 def head_group(model: TransferNet) -> list[dict[str, Any]]:
@@ -98,17 +99,9 @@ def transfer_model(
     source: nn.Module, spec: dict[str, Any], old_classes: int, new_task: Any, from_scratch: bool
 ) -> TransferNet:
     """The model a strategy starts from: the source, or its architecture freshly initialised."""
-    task = new_task
     if from_scratch:
-        source = build_model(
-            spec["arch"],
-            old_classes,
-            task.in_channels,
-            task.image_size,
-            spec.get("width", 32),
-            spec.get("depth", 3),
-        )
-    return TransferNet(source, task.num_classes)
+        source = build_for_task(spec, new_task, num_classes=old_classes)
+    return TransferNet(source, new_task.num_classes)
 
 
 FitPhase = Callable[[int, Phase, TrainConfig], object]
@@ -135,64 +128,32 @@ def train_phases(
     for i, phase in enumerate(phases):
         model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
         if phase.solve is not None:
-            chosen[phase.name] = phase.solve(model, *train)
+            chosen[phase.name] = phase.solve(model, *train, cfg.seed)
             continue
-        steps = max(0, round(cfg.min_steps * phase.epoch_fraction))
-        epochs = max(1, round(cfg.epochs * phase.epoch_fraction))
-        pcfg = cfg.model_copy(update={"epochs": epochs, "min_steps": steps})
         if phase.objective is not None:
-            phase.objective.label_smoothing = pcfg.label_smoothing
-        fit(i, phase, pcfg)
+            phase.objective.label_smoothing = cfg.label_smoothing
+        fit(i, phase, cfg)
     model.freeze_backbone(False)
     model.eval()
     return chosen
 
 
-def run_strategy(
-    model: TransferNet,
-    builder: Callable[..., list[Phase]],
-    options: dict[str, Any],
-    train: tuple[Tensor, Tensor],
-    cfg: TrainConfig,
-) -> TransferNet:
-    """A strategy end to end with plain Trainers (no files, no tracking): tests and sweeps."""
-
-    def fit(i: int, phase: Phase, pcfg: TrainConfig) -> object:
-        trainer = Trainer(
-            pcfg, model, train, None, objective=phase.objective, param_groups=phase.param_groups
-        )
-        return trainer.fit()
-
-    train_phases(
-        model, builder(model, options, train[0]), strategy_config(cfg, options), train, fit
-    )
-    return model
+def build_phases(
+    name: str, options: dict[str, Any], model: TransferNet, train_x: Tensor
+) -> list[Phase]:
+    """A registered strategy's phases for ``model``, from its validated options."""
+    return STRATEGIES.build(name, options, model, train_x)
 
 
-def fit_in_stage(
-    stage: Any,
-    model: TransferNet,
-    phases: list[Phase],
-    cfg: TrainConfig,
-    train: tuple[Tensor, Tensor],
-    fingerprint: Callable[[int, TrainConfig], str],
-    label: str,
-) -> dict[str, Any]:
-    """``train_phases`` through a ``TrainingStage``: resumable, logged, one history."""
-
-    def fit(i: int, phase: Phase, pcfg: TrainConfig) -> object:
-        return stage.fit(
-            pcfg,
-            model,
-            train,
-            objective=phase.objective,
-            param_groups=phase.param_groups,
-            fingerprint=fingerprint(i, pcfg),
-            phase=str(i),
-            name=f"{label}:{phase.name}" if len(phases) > 1 else label,
-        )
-
-    return train_phases(model, phases, cfg, train, fit)
+def old_task_kept(
+    model: TransferNet, old_test: tuple[Tensor, Tensor], source_accuracy: float | None
+) -> dict[str, float | None]:
+    """What a transfer left of the old task (none for a model trained from scratch)."""
+    kept = None
+    if source_accuracy is not None:
+        kept = classification_metrics(predict(model.old_task(), old_test[0]), old_test[1])
+    acc = None if kept is None else kept["accuracy"]
+    return {"accuracy": acc, "source_accuracy": source_accuracy, **retention(source_accuracy, acc)}
 
 
 def transfer_summary(
@@ -203,17 +164,9 @@ def transfer_summary(
 ) -> dict[str, Any]:
     """New-task quality and, unless trained from scratch, what is left of the old task."""
     new = classification_metrics(predict(model, new_test[0]), new_test[1])
-    kept = None
-    if source_accuracy is not None:
-        kept = classification_metrics(predict(model.old_task(), old_test[0]), old_test[1])[
-            "accuracy"
-        ]
+    kept = old_task_kept(model, old_test, source_accuracy)
     return {
         "params": count_params(model),
         "new_task": new,
-        "old_task": {
-            "accuracy": kept,
-            "source_accuracy": source_accuracy,
-            "retention": retention(source_accuracy, kept)["retention"],
-        },
+        "old_task": {k: kept[k] for k in ("accuracy", "source_accuracy", "retention")},
     }

@@ -1,7 +1,7 @@
 """A user's own images: ``root/<class>/*.png`` (or ``root/train/<class>`` and ``root/test/<class>``).
 
 Decoded in parallel at ``data.image_size`` (shorter side resized, centre crop: the aspect ratio
-is kept) into memory-mapped arrays on disk, so a folder of any size never sits in memory.
+is kept) into uint8 arrays on disk, written block by block, so a folder of any size never sits in memory.
 """
 
 from __future__ import annotations

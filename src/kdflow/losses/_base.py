@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdflow.outputs import Outputs
 
+ZSCORE_EPS = 1e-7  # added to the std, as in Sun et al.'s code: a constant logit vector stays finite
+
 
 class DistillLoss(nn.Module):
     """Base: subclasses set ``needs_features`` when they read intermediate features.
 
-    Methods that need only teacher logits can use the teacher-output cache.
+    Methods that need only teacher logits can use the teacher-output cache. A method with
+    state that is neither a parameter nor a buffer of the module (an adversary's optimizer)
+    returns it from ``extra_state`` so that resume checkpoints carry it.
     """
 
     needs_features: ClassVar[bool] = False
@@ -23,11 +28,18 @@ class DistillLoss(nn.Module):
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def extra_state(self) -> dict[str, Any]:
+        """State beyond ``state_dict()`` that a resumed run needs (default: none)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned (an empty dict: nothing was saved)."""
+
 
 def ce(logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy over the labelled images of the batch (target -1: no label).
 
-    With ``data.label_fraction`` < 1 the teacher's soft targets cover every image and the
+    With ``train.student.label_fraction`` < 1 the teacher's soft targets cover every image and the
     labels only some; a batch without any label contributes no hard-label loss.
     """
     labelled = target >= 0
@@ -36,3 +48,15 @@ def ce(logits: Tensor, target: Tensor) -> Tensor:
     if not bool(labelled.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits[labelled], target[labelled])
+
+
+def zscore(logits: Tensor) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): ``(z - mean(z)) / (std(z) + 1e-7)`` per
+    sample over the classes, with the sample std (n - 1) as in the paper's code.
+
+    A teacher and a student then share a temperature without having to match the range of
+    each other's logits: only their relations transfer. Computed in float32 at least (a
+    bf16 std under autocast would move the targets).
+    """
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + ZSCORE_EPS)

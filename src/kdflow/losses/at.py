@@ -8,8 +8,6 @@ L2-normalised; the student's maps are pulled towards the teacher's at matching s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,9 +17,6 @@ from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss, ce
 from kdflow.outputs import Outputs
-
-if TYPE_CHECKING:
-    from kdflow.config import DistillConfig
 
 
 class ATOptions(BaseModel):
@@ -108,11 +103,10 @@ class AT(DistillLoss):
 
 @LOSSES.register("at", schema=ATOptions)
 def build(
-    cfg: DistillConfig,
+    o: ATOptions,
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> AT:
-    o = ATOptions.model_validate(cfg.options())
     for who, dims in (("student", student_dims), ("teacher", teacher_dims)):
         bad = [tuple(d) for d in dims if len(d) != 3]
         if not dims or bad:

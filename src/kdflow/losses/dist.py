@@ -8,8 +8,6 @@ the batch. The paper uses beta = gamma = 1 (gamma = 2 on ImageNet) and tau = 1 (
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -17,9 +15,6 @@ from torch import Tensor
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss, ce
 from kdflow.outputs import Outputs
-
-if TYPE_CHECKING:
-    from kdflow.config import DistillConfig
 
 _EPS = 1e-8
 
@@ -29,6 +24,7 @@ class DISTOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    temperature: float = Field(4.0, gt=0.0, le=1000.0)  # chosen on validation (docs/sweeps.md)
     beta: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # inter-class relation weight
     gamma: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # intra-class relation weight
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
@@ -87,9 +83,8 @@ class DIST(DistillLoss):
 
 @LOSSES.register("dist", schema=DISTOptions)
 def build(
-    cfg: DistillConfig,
+    o: DISTOptions,
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> DIST:
-    o = DISTOptions.model_validate(cfg.options())
-    return DIST(cfg.temperature, o.beta, o.gamma, o.ce_weight)
+    return DIST(o.temperature, o.beta, o.gamma, o.ce_weight)

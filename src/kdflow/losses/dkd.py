@@ -7,18 +7,13 @@ Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation", CVPR 2022
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from kdflow.losses import LOSSES
-from kdflow.losses._base import DistillLoss, ce
+from kdflow.losses._base import DistillLoss, ce, zscore
 from kdflow.outputs import Outputs
-
-if TYPE_CHECKING:
-    from kdflow.config import DistillConfig
 
 
 class DKDOptions(BaseModel):
@@ -26,10 +21,14 @@ class DKDOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    temperature: float = Field(4.0, gt=0.0, le=1000.0)  # chosen on validation (docs/sweeps.md)
     alpha: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # weight of TCKD
     beta: float = Field(2.0, ge=0.0, allow_inf_nan=False)  # weight of NCKD (paper: 8); 2 on val
     warmup_epochs: int = Field(5, ge=0)  # linear ramp of the KD part; 0 = none
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    # z-score both logit vectors first (Sun et al., CVPR 2024); T is then a base temperature
+    # on unit-variance logits: the paper's DKD runs use T=2 (with KD weight 9), not 4
+    logit_standardization: bool = False
 
 
 def _binary_kl(log_z_s: Tensor, log_z_t: Tensor, target: Tensor) -> Tensor:
@@ -64,7 +63,8 @@ class DKD(DistillLoss):
     ``w(epoch) = min((epoch + 1) / warmup_epochs, 1)`` (epoch is 0-based) ramps the KD part
     in, since the large beta destabilises the first epochs. Both terms carry the T^2 factor
     and are averaged over the batch. The non-target term drops the target column exactly
-    instead of subtracting a large constant from it.
+    instead of subtracting a large constant from it. With ``logit_standardization`` both logit
+    vectors are z-scored per sample before the temperature (``_base.zscore``).
     """
 
     def __init__(
@@ -74,6 +74,7 @@ class DKD(DistillLoss):
         beta: float = 8.0,
         warmup_epochs: int = 5,
         ce_weight: float = 1.0,
+        logit_standardization: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = float(temperature)
@@ -81,6 +82,7 @@ class DKD(DistillLoss):
         self.beta = float(beta)
         self.warmup_epochs = int(warmup_epochs)
         self.ce_weight = float(ce_weight)
+        self.logit_standardization = bool(logit_standardization)
 
     def warmup(self, epoch: int) -> float:
         if self.warmup_epochs <= 0:
@@ -92,8 +94,12 @@ class DKD(DistillLoss):
     ) -> dict[str, Tensor]:
         hard = ce(student.logits, target)
         s = student.logits
-        s = s.to(torch.promote_types(s.dtype, torch.float32)) / self.temperature
-        t = teacher.logits.to(s.dtype) / self.temperature
+        if self.logit_standardization:  # zscore works in float32 at least, like the line below
+            s = zscore(s) / self.temperature
+            t = zscore(teacher.logits).to(s.dtype) / self.temperature
+        else:
+            s = s.to(torch.promote_types(s.dtype, torch.float32)) / self.temperature
+            t = teacher.logits.to(s.dtype) / self.temperature
         t2 = self.temperature**2
         # An image without a label (-1) is split at the teacher's top class instead.
         target = torch.where(target >= 0, target, teacher.logits.argmax(1))
@@ -110,9 +116,10 @@ class DKD(DistillLoss):
 
 @LOSSES.register("dkd", schema=DKDOptions)
 def build(
-    cfg: DistillConfig,
+    o: DKDOptions,
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> DKD:
-    o = DKDOptions.model_validate(cfg.options())
-    return DKD(cfg.temperature, o.alpha, o.beta, o.warmup_epochs, o.ce_weight)
+    return DKD(
+        o.temperature, o.alpha, o.beta, o.warmup_epochs, o.ce_weight, o.logit_standardization
+    )

@@ -7,8 +7,6 @@ guided layer and the two are matched with an L2 loss.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,9 +16,6 @@ from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss, ce
 from kdflow.outputs import Outputs
-
-if TYPE_CHECKING:
-    from kdflow.config import DistillConfig
 
 
 class FitNetOptions(BaseModel):
@@ -99,11 +94,10 @@ class FitNet(DistillLoss):
 
 @LOSSES.register("fitnet", schema=FitNetOptions)
 def build(
-    cfg: DistillConfig,
+    o: FitNetOptions,
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> FitNet:
-    o = FitNetOptions.model_validate(cfg.options())
     s_shape = _stage(student_dims, o.student_layer, "student", "student_layer")
     t_shape = _stage(teacher_dims, o.teacher_layer, "teacher", "teacher_layer")
     return FitNet(s_shape, t_shape, o.student_layer, o.teacher_layer, o.weight, o.ce_weight)

@@ -7,8 +7,6 @@ with the Huber (smooth-L1) loss; the paper weights them 25 and 50.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,9 +15,6 @@ from torch import Tensor
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss, ce
 from kdflow.outputs import Outputs
-
-if TYPE_CHECKING:
-    from kdflow.config import DistillConfig
 
 _EPS = 1e-12  # on squared lengths: below it a difference vector counts as zero
 
@@ -112,9 +107,8 @@ class RKD(DistillLoss):
 
 @LOSSES.register("rkd", schema=RKDOptions)
 def build(
-    cfg: DistillConfig,
+    o: RKDOptions,
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> RKD:
-    o = RKDOptions.model_validate(cfg.options())
     return RKD(o.distance_weight, o.angle_weight, o.ce_weight)

@@ -6,6 +6,7 @@ Callers use ``forward_all`` for features, ``embed`` for the pooled backbone outp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -25,6 +26,14 @@ def build_model(
         image_size=image_size,
         width=width,
         depth=depth,
+    )
+
+
+def build_for_task(spec: Mapping[str, Any], task: Any, num_classes: int | None = None) -> nn.Module:
+    """The architecture a spec names (``model_spec``) for a task's input and classes."""
+    n = task.num_classes if num_classes is None else num_classes
+    return build_model(
+        spec["arch"], n, task.in_channels, task.image_size, spec["width"], spec["depth"]
     )
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from kdflow.strategies import STRATEGIES
-from kdflow.transfer import Phase, finetune_groups
+from kdflow.transfer import Phase, TransferNet, finetune_groups
 
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    lr: float | None = Field(0.03, gt=0.0)  # None: transfer.train.lr (chosen by CV: README)
+    lr: float | None = Field(0.03, gt=0.0)  # None: transfer.train.lr (chosen by CV: docs/sweeps.md)
     backbone_lr_mult: float = Field(1.0, gt=0.0, le=10.0)
 
 
 @STRATEGIES.register("finetune", schema=Options)
-def build(model, options, train_x) -> list[Phase]:
-    return [Phase("finetune", 1.0, finetune_groups(model, options["backbone_lr_mult"]))]
+def build(options: Options, model: TransferNet, train_x: Tensor) -> list[Phase]:
+    return [Phase("finetune", finetune_groups(model, options.backbone_lr_mult))]

@@ -3,10 +3,12 @@ regression, L2 strength by cross-validation on the labelled shots); BN statistic
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from kdflow.strategies import STRATEGIES
-from kdflow.transfer import Phase, probe_phase
+from kdflow.transfer import Phase, TransferNet, probe_phase
 
 
 @STRATEGIES.register("linear_probe")
-def build(model, options, train_x) -> list[Phase]:
+def build(options: None, model: TransferNet, train_x: Tensor) -> list[Phase]:
     return [probe_phase()]

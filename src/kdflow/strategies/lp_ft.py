@@ -7,21 +7,22 @@ random one whose large early gradients flow into the backbone.
 from __future__ import annotations
 
 from pydantic import Field
+from torch import Tensor
 
 from kdflow.strategies import STRATEGIES
 from kdflow.strategies.finetune import Options as FinetuneOptions
-from kdflow.transfer import Phase, finetune_groups, probe_phase
+from kdflow.transfer import Phase, TransferNet, finetune_groups, probe_phase
 
 
 class Options(FinetuneOptions):
-    """Fine-tuning's options; its own learning rate (chosen by CV: README)."""
+    """Fine-tuning's options; its learning rate is transfer.train.lr unless set (CV chose it)."""
 
-    lr: float | None = Field(0.01, gt=0.0)
+    lr: float | None = Field(None, gt=0.0)
 
 
 @STRATEGIES.register("lp_ft", schema=Options)
-def build(model, options, train_x) -> list[Phase]:
+def build(options: Options, model: TransferNet, train_x: Tensor) -> list[Phase]:
     return [
         probe_phase(),
-        Phase("ft", 1.0, finetune_groups(model, options["backbone_lr_mult"])),
+        Phase("ft", finetune_groups(model, options.backbone_lr_mult)),
     ]

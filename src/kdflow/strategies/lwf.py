@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from kdflow.metrics import predict, soft_kl
+from kdflow.objective import Objective
 from kdflow.strategies import STRATEGIES
-from kdflow.trainer import Objective
 from kdflow.transfer import Phase, TransferNet
 
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    lr: float | None = Field(0.01, gt=0.0)  # None: transfer.train.lr (chosen by CV: README)
+    lr: float | None = Field(None, gt=0.0)  # None: transfer.train.lr (chosen by CV)
     lambda_old: float = Field(0.3, ge=0.0)
     temperature: float = Field(2.0, gt=0.0)
 
@@ -52,10 +52,10 @@ def record_old_outputs(model: TransferNet, x: Tensor) -> Tensor:
     return predict(model.old_task(), x)
 
 
-@STRATEGIES.register("lwf", schema=Options)
-def build(model, options, train_x) -> list[Phase]:
+@STRATEGIES.register(
+    "lwf", schema=Options, unaugmented="its old-task targets are recorded on un-augmented images"
+)
+def build(options: Options, model: TransferNet, train_x: Tensor) -> list[Phase]:
     recorded = record_old_outputs(model, train_x)
-    objective = LwFObjective(recorded, options["lambda_old"], options["temperature"])
-    return [
-        Phase("lwf", 1.0, [{"params": list(model.parameters())}], objective, uses_old_head=True)
-    ]
+    objective = LwFObjective(recorded, options.lambda_old, options.temperature)
+    return [Phase("lwf", [{"params": list(model.parameters())}], objective, uses_old_head=True)]

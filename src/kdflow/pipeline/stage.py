@@ -1,8 +1,8 @@
 """What every training stage does around its Trainer(s), written once.
 
-A stage script parses its paths, loads params and data, and builds its model; ``TrainingStage``
-does the rest: outputs checked before any work, one MLflow run, the seed, resumable Trainers,
-and the model, metrics and per-epoch curves written atomically (rank 0) and logged.
+A stage module loads params and data and builds its model through the recipes;
+``TrainingStage`` does the rest: outputs checked before any work, one MLflow run, resumable
+Trainers, and the model, metrics and per-epoch curves written atomically (rank 0) and logged.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from kdflow.checkpoint import save_model
 from kdflow.config import Params, TrainConfig
-from kdflow.distributed import is_main, seed_everything
+from kdflow.distributed import is_main, require_shared
 from kdflow.io import atomic_write_json, atomic_write_text, clean_stale_tmp, ensure_dir
+from kdflow.metrics import classification_metrics, predict
 from kdflow.models import count_params
 from kdflow.tracking import Tracker, process_seconds
 from kdflow.trainer import FitResult, Trainer
@@ -106,10 +107,13 @@ def train_summary(result: FitResult, model: nn.Module) -> dict[str, Any]:
     }
 
 
+def test_metrics(model: nn.Module, test: tuple[Tensor, Tensor]) -> dict[str, float]:
+    """Accuracy and NLL on the test split: looked at once, to report."""
+    return classification_metrics(predict(model, test[0]), test[1])
+
+
 def adopted_summary(model: nn.Module, val: tuple[Tensor, Tensor]) -> dict[str, Any]:
     """A model adopted without training: the same keys, measured, with no epochs."""
-    from kdflow.metrics import classification_metrics, predict
-
     return {
         "params": count_params(model),
         "epochs": 0,
@@ -130,7 +134,6 @@ class TrainingStage:
         paths: StagePaths,
         logged: dict[str, Any],
         inputs: dict[str, str],
-        seed: int,
         run_name: str | None = None,
         upstream: dict[str, dict[str, Any]] | None = None,
     ) -> None:
@@ -159,7 +162,6 @@ class TrainingStage:
                 self.tracker.resume_run_id = previous.get("run_id")
             else:
                 self.stale_run_id = previous.get("run_id")
-        seed_everything(seed)
         self.trainers: list[Trainer] = []
         self.history: list[dict[str, float]] = []
         self.work_seconds, self._depth = 0.0, 0
@@ -185,14 +187,12 @@ class TrainingStage:
         train: tuple[Tensor, Tensor],
         val: tuple[Tensor, Tensor] | None = None,
         *,
-        fingerprint: str,
         phase: str = "",
         **trainer_kwargs: Any,
     ) -> FitResult:
-        """Train (resuming if a checkpoint of the same fingerprint exists); epochs are logged.
-
-        Several calls (a strategy's phases, ``phase`` = its index) continue one history, with a
-        ``phase`` column.
+        """Train (resuming if a checkpoint of the same params, inputs and phase exists); epochs
+        are logged. Several calls (a strategy's phases, ``phase`` = its index) continue one
+        history, with a ``phase`` column. The signature of ``recipes.Fit``.
         """
         offset = len(self.history)
 
@@ -206,11 +206,12 @@ class TrainingStage:
             train,
             val,
             ckpt_dir=self.paths.checkpoints / phase if phase else self.paths.checkpoints,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint(self.run_fingerprint, phase, cfg.model_dump()),
             name=trainer_kwargs.pop("name", self.name),
             on_epoch=log,
             **trainer_kwargs,
         )
+        require_shared(self.paths.checkpoints)  # several nodes: one filesystem, or one line
         with self.working():
             result = trainer.fit()
         rows = result.history

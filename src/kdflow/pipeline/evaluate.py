@@ -1,0 +1,84 @@
+"""Stage ``evaluate``: teacher, student and distilled student side by side, every transfer,
+paired significance tests, the report and the exported student; one MLflow run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdflow import evaluate as ev
+from kdflow.io import atomic_write_json, sha256_file
+from kdflow.params import load_params
+from kdflow.tasks import load_task
+from kdflow.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    """What evaluate reads and writes; dvc.yaml names every file (``{strategy}`` patterns)."""
+
+    models: dict[str, Path]  # teacher, student, distilled
+    transfer_model: str  # e.g. models/transfer/{strategy}.pt
+    curves: dict[str, Path]  # per-epoch CSVs by panel title
+    transfer_curve: str  # e.g. plots/transfer/{strategy}.csv
+    metrics: Path
+    reports: Path
+    export: Path
+    timings: Path
+
+
+def run_evaluate(params_file: str, old_dir: str, new_dir: str, paths: EvaluatePaths) -> None:
+    t_start = time.perf_counter()
+    params = load_params(params_file)
+    ecfg, tcfg = params.evaluate, params.transfer
+    old, new = load_task(old_dir), load_task(new_dir)
+    old_paths = dict(paths.models)
+    tr_paths = {s: Path(paths.transfer_model.format(strategy=s)) for s in tcfg.strategies}
+    curves = {**paths.curves, **{f"transfer/{s}": Path(paths.transfer_curve.format(strategy=s))
+                                 for s in tcfg.strategies}}  # fmt: skip
+    ev.require_files({**old_paths, **tr_paths})
+    hashes = {f"model_{k}": sha256_file(p)[:16] for k, p in {**old_paths, **tr_paths}.items()}
+    hashes.update(data_old=old.content_hash, data_new=new.content_hash)
+    logged = {"evaluate": ecfg, "transfer": {"source": tcfg.source, "strategies": tcfg.strategies}}
+    tracker = Tracker(
+        params.tracking, "evaluate", logged, hashes, pipeline_params=params
+    ).preflight()
+
+    with tracker:
+        old_res = ev.evaluate_old_task(old_paths, old, ecfg)
+        source_acc = old_res.rows[tcfg.source]["accuracy"]
+        tr = ev.evaluate_transfers(tr_paths, new, old, source_acc, ecfg.ece_bins)
+        exported = ev.export_model(
+            old_res.models["distilled"], old["test"][0], paths.export, ecfg.onnx
+        )
+        parity = exported["parity"]
+        tests = ev.significance(old_res, tr, old["test"][1], new["test"][1])
+        metrics = ev.metrics_document(old_res, tr, parity, significance=tests)
+        summary = ev.write_report(
+            paths.reports, old_res, tr, old, new, curves, tcfg.source, parity, significance=tests
+        )
+        atomic_write_json(paths.metrics, metrics)
+        timings = ev.write_timings(paths.timings, old_res)
+        tracker.log_summary(metrics)
+        tracker.log_summary(timings)
+        tracker.log_artifact(paths.timings, "timings")
+        tracker.set_tags({"kdflow.best_transfer": tr.best})
+        for path in (paths.metrics, summary):
+            tracker.log_artifact(path)
+        tracker.log_artifact(paths.reports / "plots", "plots")
+        for path in exported["files"].values():
+            tracker.log_artifact(path, "export")
+        # every stage's run in this pipeline's tree, also those DVC skipped or restored
+        models = [*old_paths.values(), *tr_paths.values()]
+        tracker.link_pipeline(models)
+        tracker.set_lock_alias(models)
+        ev.check_parity(parity, exported["files"].get("onnx"))  # last: the report is there to see
+
+    d, t = old_res.rows["distilled"], old_res.rows["teacher"]
+    print(
+        f"[evaluate] distilled: accuracy {d['accuracy']:.4f} (teacher {t['accuracy']:.4f}), "
+        f"{d['compression']:.1f}x fewer params, {d['speedup']:.2f}x faster at batch 1 "
+        f"({old_res.timing['threads']} threads); best transfer {tr.best} "
+        f"{tr.new_task[tr.best]['accuracy']:.4f}; {time.perf_counter() - t_start:.1f}s"
+    )

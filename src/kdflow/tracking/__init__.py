@@ -1,0 +1,40 @@
+"""MLflow tracking: the only package of kdflow that imports mlflow.
+
+One run per stage execution (``Tracker``), nested under one parent run per pipeline
+execution; the rest of kdflow uses only the names below. Modules by job: ``clock`` (process
+time), ``store`` (where the store is, reachability, a copied repository's paths),
+``provenance`` (git, DVC), ``flatten``, ``run`` (the run's lifecycle), ``pipeline`` (parent
+runs), ``models`` (logging, registry, aliases, loading), ``query`` (reading runs back).
+"""
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+from kdflow.tracking.clock import process_seconds
+from kdflow.tracking.flatten import flat_metrics, flatten_params
+from kdflow.tracking.models import ALIAS, LOCK_ALIAS, alias_files, load_logged_weights
+from kdflow.tracking.provenance import git_state
+from kdflow.tracking.query import run_filters, search_runs
+from kdflow.tracking.run import Tracker
+from kdflow.tracking.store import require_store, store_uri, tracking_uri
+
+__all__ = [
+    "ALIAS",
+    "LOCK_ALIAS",
+    "Tracker",
+    "alias_files",
+    "flat_metrics",
+    "flatten_params",
+    "git_state",
+    "load_logged_weights",
+    "process_seconds",
+    "require_store",
+    "run_filters",
+    "search_runs",
+    "store_uri",
+    "tracking_uri",
+]
