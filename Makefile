@@ -5,7 +5,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup run test lint format ui bench clean
+.PHONY: setup run test test-ui lint format ui bench clean
 setup:
 	@./scripts/setup.sh
 
@@ -13,7 +13,11 @@ run: setup
 	$(VENV)/dvc repro
 
 test: setup lint
-	$(VENV)/pytest -q
+	$(VENV)/pytest -q -m "not ui"
+
+# The MLflow UI in headless Chromium (Playwright; Debian's chromium): not part of `make test`.
+test-ui: setup
+	$(VENV)/pytest -q -m ui tests/test_ui.py
 
 lint:
 	$(VENV)/ruff check .

@@ -56,7 +56,7 @@ def tiny_params() -> dict:
 def make_repo(dest: Path, params: dict | None = None) -> Path:
     """A fresh git + DVC repository holding the pipeline, with the given params."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "stages", ".gitignore", "external"):
+    for name in ("dvc.yaml", "stages", ".gitignore", "external", "models_src"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

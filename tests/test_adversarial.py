@@ -24,6 +24,16 @@ from tests.conftest import method_loss
 N, K = 64, 10
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is several times faster on a busy machine, and fixes the
+    thread count the bit-for-bit comparisons run at."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def prototypes(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher logits that depend on the class only (so a conditional D can know them
     exactly), a random student's logits and the labels."""
@@ -82,7 +92,7 @@ def test_discriminator_gets_no_student_gradient_and_is_not_optimised_by_the_trai
     assert objective.own_parameters() == []
     x = torch.randn(N, 4)
     trainer = Trainer(
-        TrainConfig(epochs=1, batch_size=16, device="cpu", min_steps=0),
+        TrainConfig(epochs=1, batch_size=16, device="cpu", min_steps=0, channels_last=False),
         torch.nn.Linear(4, K),
         (x, y),
         objective=objective,
@@ -227,3 +237,35 @@ def test_resume_state_comes_from_global_rank_0(tmp_path: Path) -> None:
         assert o["resumed"][0] == 4 and len(o["resumed"][1]) == 4
         assert torch.equal(o["weight"], saved.weight.detach())
     assert torch.equal(outs[0]["d"], outs[1]["d"])
+
+
+def test_adversarial_stage_on_cached_logits_under_two_processes(tmp_path: Path) -> None:
+    """`-S distill.method=adversarial` in the pipeline: the distill stage on cached teacher
+    logits, launched on 2 processes by compute.nproc_per_node; D's accuracy per epoch."""
+    import csv
+    import json
+
+    import yaml
+
+    from tests.conftest import make_repo, run_stage, tiny_params
+
+    params = tiny_params()
+    params["tracking"]["log_models"] = False
+    repo = make_repo(tmp_path / "repo", params)
+    for argv in (
+        ["stages/prepare.py"],
+        ["stages/train.py", "teacher"],
+        ["stages/train.py", "student"],
+    ):
+        run_stage(repo, *argv)
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["distill"]["method"] = "adversarial"
+    p["compute"]["nproc_per_node"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = run_stage(repo, "stages/distill.py", timeout=600)
+    assert proc.stdout.count("[distill] adversarial") == 1  # rank 0 alone reports
+    metrics = json.loads((repo / "metrics/distill.json").read_text())
+    assert metrics["method"] == "adversarial" and metrics["teacher_cache"] is True
+    assert metrics["test"]["accuracy"] > 0.5
+    rows = list(csv.DictReader((repo / "plots/distill.csv").open()))
+    assert len(rows) == 4 and all(0.0 <= float(r["train_d_acc_fake"]) <= 1.0 for r in rows)

@@ -1,6 +1,7 @@
-"""MLflow and DVC records that hold: clean lineage, one run tree per pipeline, queued
-experiments in the repository's store, a copied repository that keeps its artifacts, forced
-re-runs that change no byte, and a local DVC remote a fresh clone pulls from."""
+"""MLflow and DVC records that hold: clean lineage (untracked code counts as dirty), one run
+tree per pipeline, queued experiments in the repository's store, a copied repository that
+leaves its original's artifacts alone, forced re-runs that change no byte, and a local DVC
+remote a fresh clone pulls from."""
 
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ def test_dirty_flag_ignores_only_what_dvc_manages(tmp_path: Path, monkeypatch) -
     (tmp_path / "metrics/m.json").write_text("{}")
     (tmp_path / "code.py").write_text("x = 1\n")
     (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / ".gitignore").write_text("*.log\n")
     lock = {
         "stages": {"s": {"params": {"params.yaml": {"a": 1}}, "outs": [{"path": "metrics/m.json"}]}}
     }
@@ -174,7 +176,12 @@ def test_dirty_flag_ignores_only_what_dvc_manages(tmp_path: Path, monkeypatch) -
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     (tmp_path / "metrics/m.json").unlink()  # what DVC does before running a stage
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock) + "# rewritten by dvc\n")
-    assert git_state()["dirty"] == "false"
+    (tmp_path / "metrics/.gitignore").write_text("/cached.bin\n")  # DVC's, beside an output
+    (tmp_path / "run.log").write_text("ignored by .gitignore\n")
+    assert git_state() == {"commit": git_state()["commit"], "dirty": "false", "changed": ""}
+    (tmp_path / "helper.py").write_text("y = 1\n")  # new code, never committed: it runs too
+    assert git_state()["dirty"] == "true" and git_state()["changed"] == "helper.py"
+    (tmp_path / "helper.py").unlink()
     (tmp_path / "params.yaml").write_text("a: 2\n")  # -S in an experiment: recorded by DVC
     assert git_state()["dirty"] == "true"
     monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
@@ -197,17 +204,22 @@ def copy(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def test_copied_repo_writes_its_artifacts_inside_itself(copy: Path, pipeline_repo: Path) -> None:
+def test_copied_repo_leaves_the_original_artifact_root_alone(
+    copy: Path, pipeline_repo: Path
+) -> None:
+    """The original's artifact root still exists: the copy's store is not rewritten (only a
+    moved store whose root is gone is: tests/test_store_safety.py); its runs stay readable."""
+    before = hashlib.md5((pipeline_repo / "mlflow.db").read_bytes()).hexdigest()
     sh(copy, "dvc", "repro", "-f", "-s", "transfer@linear_probe")
     (new,) = runs(copy, "tags.`kdflow.stage` = 'transfer@linear_probe'")[:1]
-    assert new.info.artifact_uri.startswith(copy.resolve().as_uri() + "/mlartifacts/")
+    root = (pipeline_repo.resolve() / "mlartifacts").as_uri()
+    assert new.info.artifact_uri.startswith(root + "/")
     logged = Path(new.info.artifact_uri.removeprefix("file://"))
     assert (logged / "linear_probe.json").is_file()
-    old = runs(copy, "tags.`kdflow.stage` = 'train@teacher'")[0]  # older runs moved too
-    assert old.info.artifact_uri.startswith(copy.resolve().as_uri())
-    # the original store still points at the original folder
-    orig = runs(pipeline_repo, "tags.`kdflow.stage` = 'train@teacher'")[0]
-    assert orig.info.artifact_uri.startswith(pipeline_repo.resolve().as_uri())
+    old = runs(copy, "tags.`kdflow.stage` = 'train@teacher'")[0]  # older runs: not rewritten
+    assert old.info.artifact_uri.startswith(root + "/")
+    assert not (copy / "mlartifacts/.kdflow-backups").exists()
+    assert hashlib.md5((pipeline_repo / "mlflow.db").read_bytes()).hexdigest() == before
 
 
 def test_forced_rerun_in_another_folder_changes_no_byte(copy: Path) -> None:

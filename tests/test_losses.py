@@ -414,12 +414,25 @@ def test_rkd_all_embeddings_equal_is_finite() -> None:
 # ---------------------------------------------------------------- option schemas and config
 
 DEFAULTS = {  # the defaults the validation sweep chose (docs/sweeps.md)
-    "kd": {"temperature": 1.0, "alpha": 0.5},
-    "dkd": {"temperature": 4.0, "alpha": 1.0, "beta": 2.0, "warmup_epochs": 5, "ce_weight": 1.0},
+    "kd": {"temperature": 1.0, "alpha": 0.5, "logit_standardization": False},
+    "dkd": {
+        "temperature": 4.0,
+        "alpha": 1.0,
+        "beta": 2.0,
+        "warmup_epochs": 5,
+        "ce_weight": 1.0,
+        "logit_standardization": False,
+    },
     "dist": {"temperature": 4.0, "beta": 1.0, "gamma": 1.0, "ce_weight": 1.0},
     "fitnet": {"weight": 1.0, "student_layer": -1, "teacher_layer": -1, "ce_weight": 1.0},
     "at": {"weight": 100.0, "p": 2.0, "layers": None, "ce_weight": 1.0},
-    "rkd": {"distance_weight": 25.0, "angle_weight": 50.0, "ce_weight": 1.0},
+    "rkd": {
+        "distance_weight": 25.0,
+        "angle_weight": 50.0,
+        "ce_weight": 1.0,
+        "student_layer": None,
+        "teacher_layer": None,
+    },
 }
 
 
@@ -490,3 +503,81 @@ def test_every_method_builds_and_runs(name: str) -> None:
         assert p.grad is not None and torch.isfinite(p.grad).all()
     if name in DEFAULTS:
         assert loss.needs_features == (name in {"fitnet", "at", "rkd"})
+
+
+# ---------------------------------------------------------------- logit standardisation
+
+
+def zscore_by_hand(row: list[float]) -> list[float]:
+    """Sun et al. (CVPR 2024), as their code: (z - mean) / (sample std + 1e-7)."""
+    n = len(row)
+    mean = sum(row) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (n - 1))
+    return [(v - mean) / (std + 1e-7) for v in row]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_logit_standardization_matches_hand_computation(temperature: float) -> None:
+    s, t = fixed_logits()
+    out = build("kd", alpha=0.7, temperature=temperature, logit_standardization=True)(
+        Outputs(s), Outputs(t), TARGET
+    )
+    zs = [[v / temperature for v in zscore_by_hand(row)] for row in s.tolist()]
+    zt = [[v / temperature for v in zscore_by_hand(row)] for row in t.tolist()]
+    soft = sum(kl(softmax(b), softmax(a)) for a, b in zip(zs, zt, strict=True)) / len(zs)
+    ce = cross_entropy(s.tolist(), TARGET.tolist())  # the labels see the raw logits
+    assert close(out["kd"], temperature**2 * soft)
+    assert close(out["loss"], 0.3 * ce + 0.7 * temperature**2 * soft)
+    out["loss"].backward()
+    assert_finite_grad(s)
+
+
+def test_dkd_logit_standardization_matches_hand_computation() -> None:
+    s, t = fixed_logits(seed=2)
+    temp = 2.0
+    opts = {"alpha": 0.7, "beta": 3.0, "warmup_epochs": 0, "ce_weight": 0.5}
+    loss = build("dkd", temperature=temp, logit_standardization=True, options=opts)
+    out = loss(Outputs(s), Outputs(t), TARGET)
+    zs = torch.tensor([zscore_by_hand(row) for row in s.tolist()], dtype=torch.float64)
+    zt = torch.tensor([zscore_by_hand(row) for row in t.tolist()], dtype=torch.float64)
+    tckd, nckd, _ = dkd_by_hand(zs, zt, TARGET.tolist(), temp)
+    tckd_m = sum(tckd) / len(tckd) * temp**2
+    nckd_m = sum(nckd) / len(nckd) * temp**2
+    ce = cross_entropy(s.tolist(), TARGET.tolist())
+    assert close(out["tckd"], tckd_m) and close(out["nckd"], nckd_m)
+    assert close(out["loss"], 0.5 * ce + 0.7 * tckd_m + 3.0 * nckd_m)
+    out["loss"].backward()
+    assert_finite_grad(s)
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "adversarial"])
+def test_logit_standardization_ignores_each_samples_scale_and_shift(name: str) -> None:
+    # Only the relations between a sample's logits transfer: z and a*z + b (a > 0) agree.
+    s, t = fixed_logits(seed=3)
+    scale = torch.tensor([[0.5], [2.0], [3.0], [1.0]], dtype=torch.float64)
+    terms = "kd" if name != "dkd" else "nckd"
+    a = build(name, logit_standardization=True)
+    b = build(name, logit_standardization=True)
+    a.eval(), b.eval()  # the adversarial D does not learn in eval mode
+    out_a = a(Outputs(s), Outputs(t), TARGET)
+    out_b = b(Outputs(s * scale + 5.0), Outputs(t * scale.flip(0) - 2.0), TARGET)
+    assert close(out_b[terms], float(out_a[terms]), tol=1e-6)
+
+
+def test_logit_standardization_off_changes_no_bit() -> None:
+    """Off (the default), kd and dkd compute exactly what they did before the option."""
+    from kdflow.losses.dkd import _binary_kl, _non_target_kl
+    from kdflow.metrics import soft_kl
+
+    s, t = fixed_logits(seed=4)
+    target = torch.tensor([1, -1, 4, 0])  # with an image whose label is hidden
+    kd = build("kd", temperature=3.0, alpha=0.6)(Outputs(s), Outputs(t), target)
+    labelled = target >= 0
+    hard = F.cross_entropy(s[labelled], target[labelled])
+    assert torch.equal(kd["loss"], (1.0 - 0.6) * hard + 0.6 * (soft_kl(s, t, 3.0) * 3.0**2))
+    opts = {"warmup_epochs": 0, "beta": 3.0}
+    dkd = build("dkd", temperature=4.0, options=opts)(Outputs(s), Outputs(t), target)
+    y = torch.where(labelled, target, t.argmax(1))
+    tckd = _binary_kl(s / 4.0, t / 4.0, y).mean() * 16.0
+    nckd = _non_target_kl(s / 4.0, t / 4.0, y).mean() * 16.0
+    assert torch.equal(dkd["loss"], 1.0 * hard + 1.0 * (1.0 * tckd + 3.0 * nckd))

@@ -144,7 +144,7 @@ CASES = [
     ("wrong-type", set_param("data.shots_per_class", "ten"), PREPARE, ["data.shots_per_class = 'ten'", "integer"], 2),
     ("negative-temperature", set_param("distill.methods", {"kd": {"temperature": -1}}), DISTILL, ["distill.methods.kd.temperature = -1", "greater than 0"], 2),
     ("alpha-out-of-range", set_param("distill.methods", {"kd": {"alpha": 1.5}}), DISTILL, ["distill.methods.kd.alpha = 1.5", "less than or equal to 1"], 2),
-    ("unknown-method", set_param("distill.method", "crd"), DISTILL, ["distill.method = 'crd'", "valid: at, dist, dkd, fitnet, kd, rkd"], 2),
+    ("unknown-method", set_param("distill.method", "crd"), DISTILL, ["distill.method = 'crd'", "valid: adversarial, at, dist, dkd, fitnet, kd, rkd"], 2),
     ("unknown-arch", set_param("models.student.arch", "resnet9"), STUDENT, ["models.student.arch = 'resnet9'", "resnet8x4"], 2),
     ("unknown-dataset", set_param("data.dataset", "imagenet"), PREPARE, ["data.dataset = 'imagenet'", "fashion_mnist"], 2),
     ("unknown-strategy", set_param("transfer.strategies", ["lwf", "joint"]), ["stages/transfer.py", "lwf"], ["transfer.strategies", "'joint'", "lp_ft"], 2),

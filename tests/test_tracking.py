@@ -42,10 +42,10 @@ def test_train_run_has_params_epoch_metrics_and_tags(store: str, pipeline_repo: 
     assert [m.step for m in history] == [0, 1, 2, 3]
     assert run.data.metrics["test.accuracy"] > 0.5
     tags = run.data.tags
-    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["kdflow.git_dirty"] in (
-        "true",
-        "false",
-    )
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    # a clean commit; DVC's own outputs (metrics, plots, dvc.lock) are no change
+    assert tags["kdflow.git_dirty"] == "false", tags.get("kdflow.git_changed")
+    assert "kdflow.git_changed" not in tags
     assert (
         tags["kdflow.input.data_old"] == load_task(pipeline_repo / "data/prepared/old").content_hash
     )
@@ -167,3 +167,88 @@ def test_process_seconds_counts_from_process_start() -> None:
     code += "print(process_seconds())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 1.0 <= float(out.stdout) < 60  # the sleep before the import counts too
+
+
+def test_experiment_is_for_training_and_runs_list_their_datasets(
+    store: str, pipeline_repo: Path
+) -> None:
+    exp = mlflow.MlflowClient().get_experiment_by_name("kdflow")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
+    assert exp.tags["kdflow.created_artifact_root"] == exp.artifact_location
+    (run,) = _runs("evaluate")[:1]
+    old = load_task(pipeline_repo / "data/prepared/old")
+    got = {(i.dataset.name, i.dataset.digest, i.tags[0].value)
+           for i in run.inputs.dataset_inputs}  # fmt: skip
+    assert ("digits-old-test", f"{old.content_hash[:16]}-test", "test") in got, got
+    assert {name for name, _, _ in got} == {"digits-old-test", "digits-new-test"}
+
+
+def test_training_runs_list_their_datasets(store: str) -> None:
+    """Each training stage's run lists the splits it read (the stages pass their tasks)."""
+    want = {
+        "distill": {("digits-old-train", "training"), ("digits-old-val", "validation"),
+                    ("digits-old-test", "test")},
+        "transfer@lwf": {("digits-new-train", "training"), ("digits-new-test", "test"),
+                         ("digits-old-test", "test")},
+    }  # fmt: skip
+    for stage, expected in want.items():
+        (run,) = _runs(stage)[:1]
+        got = {(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs}
+        assert got == expected, (stage, got)
+
+
+def test_training_stage_logs_the_datasets_it_is_given(
+    tmp_path: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from kdflow.params import load_params
+    from kdflow.pipeline.stage import StagePaths, TrainingStage
+    from tests.conftest import tiny_params
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("KDFLOW_PIPELINE_ID", "DVC_STAGE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    raw = tiny_params()
+    raw["tracking"].update(uri=f"sqlite:///{tmp_path / 'm.db'}", log_models=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    paths = StagePaths(tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "m.csv", tmp_path / "ck")
+    task = load_task(digits_dir / "old")
+    stage = TrainingStage("train@student", params, paths, {}, {},
+                          datasets=[(task, ("train", "val", "test"))])  # fmt: skip
+    with stage:
+        pass
+    run = mlflow.MlflowClient(raw["tracking"]["uri"]).get_run(stage.tracker.run_id)
+    got = {(i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs}
+    h = task.content_hash[:16]
+    assert got == {("digits-old-train", f"{h}-train", "training"),
+                   ("digits-old-val", f"{h}-val", "validation"),
+                   ("digits-old-test", f"{h}-test", "test")}  # fmt: skip
+    assert run.data.tags["kdflow.checkpoints"] == str((tmp_path / "ck").resolve())
+    assert run.data.tags["kdflow.output.path"] == str(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["on", "off"])
+def test_system_metrics_follow_the_param(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on: bool
+) -> None:
+    import time
+
+    from kdflow.config import TrackingConfig
+    from kdflow.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("KDFLOW_PIPELINE_ID", "DVC_STAGE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = TrackingConfig(uri=uri, log_models=False, system_metrics=on)
+    with Tracker(cfg, "train@student", {}) as t:
+        time.sleep(1.5)
+    metrics = mlflow.MlflowClient(uri).get_run(t.run_id).data.metrics
+    system = [k for k in metrics if k.startswith("system/")]
+    assert bool(system) == on, sorted(metrics)
+    if on:
+        assert "system/cpu_utilization_percentage" in metrics

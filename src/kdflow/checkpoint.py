@@ -87,6 +87,7 @@ def load_model(
         ckpt["image_size"],
         spec.get("width", 32),
         spec.get("depth", 3),
+        spec.get("kwargs"),
     )
     if spec.get("kind") == "transfer":
         model = TransferNet(model, int(spec["new_classes"]))

@@ -53,7 +53,10 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: str = "cnn"  # a name in kdflow.models.MODELS
+    # a name in kdflow.models.MODELS, timm:<name>, torchvision:<name>, or <package.module>:<Class>
+    # (a module inside the repository, e.g. models_src/)
+    arch: str = "cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # constructor arguments (prefixed forms)
     width: int = Field(32, ge=1, le=4096)
     depth: int = Field(3, ge=1, le=8)
     # first weights: null (random), a file under external/<role>/ (kdflow checkpoint or a state

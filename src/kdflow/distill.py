@@ -20,7 +20,7 @@ from kdflow.io import atomic_torch_save, safe_load, sha256_file
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss
 from kdflow.metrics import average_logits, predict
-from kdflow.models import model_spec
+from kdflow.models import model_spec, resolve_layers
 from kdflow.objective import Objective
 from kdflow.outputs import Outputs
 from kdflow.pretrained import load_initial
@@ -145,8 +145,9 @@ def build_objective(
     only; ``objective.cached is not None`` says whether it is used.
     """
     probe = train_x[:2]
+    options = resolve_layers(cfg.method, cfg.options(), student, teachers[0])  # named layers
     dims = probe_dims(student, probe), probe_dims(teachers[0], probe)
-    loss = LOSSES.build(cfg.method, cfg.options(), *dims)
+    loss = LOSSES.build(cfg.method, options, *dims)
     cached = None
     if cfg.cache_teacher and not cfg.train.augment and not loss.needs_features and cache_dir:
         key = cache_key(teacher_hashes, data_hash)

@@ -16,7 +16,7 @@ from kdflow.config import TRAINING_SECTIONS, Params
 from kdflow.datasets import DATASETS
 from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
-from kdflow.models import MODELS
+from kdflow.models import check_arch
 from kdflow.registry import Registry
 from kdflow.strategies import STRATEGIES
 
@@ -83,7 +83,7 @@ def check_registries(p: Params) -> Params:
     """Names against the registries; options validated once, and the rules a method declares."""
     _name(DATASETS, "data.dataset", p.data.dataset)
     for role in ("teacher", "student"):
-        _name(MODELS, f"models.{role}.arch", getattr(p.models, role).arch)
+        check_arch(getattr(p.models, role).arch, f"models.{role}.arch")
     _name(LOSSES, "distill.method", p.distill.method)
     methods = _all_options(LOSSES, "distill.methods", p.distill.methods, [p.distill.method])
     for s in p.transfer.strategies:

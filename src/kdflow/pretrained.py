@@ -10,7 +10,6 @@ be adopted as is; a backbone (a state dict) gets a new head for the task and is 
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +21,9 @@ from kdflow.checkpoint import FORMAT, describe, load_model
 from kdflow.errors import KdflowError, ParamsError
 from kdflow.io import md5_file, safe_load
 from kdflow.models import build_for_task, model_spec
+from kdflow.models._foreign import own_names
 
 URI_PREFIXES = ("models:/", "runs:/")
-# torchvision ResNet names -> the Net layout every kdflow architecture uses
-_TV_RESNET = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^fc\.", "head.")] + [
-    (rf"^layer{i}\.", f"stages.{i - 1}.") for i in range(1, 5)
-]
 
 
 @dataclass(frozen=True)
@@ -56,45 +52,57 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+def _skip(key: str) -> bool:
+    return key.endswith("num_batches_tracked")  # older files lack it; it is not a weight
+
+
 def adapt_state(model: nn.Module, state: dict[str, Any], source: str) -> str:
-    """Load a foreign state dict into ``model``: torchvision ResNet names are mapped, RGB stem
-    filters are summed for 1-channel input, a head for other classes is left new. Anything
-    else that does not fit means another architecture: one line, exit 2."""
+    """Load a foreign state dict into ``model``, strictly: every tensor of the file is used and
+    every tensor of the model is filled, except the classifier head (new when its classes
+    differ). The original network's names are mapped (``own_names``), RGB filters are summed
+    for 1-channel input, the small-image stem of ``tv_resnet*`` is left new. Anything else
+    means another architecture: one line naming the first tensor at fault, exit 2."""
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
-    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
-        renamed = {}
-        for k, v in state.items():
-            for pat, rep in _TV_RESNET:
-                k = re.sub(pat, rep, k)
-            renamed[k] = v
-        state = renamed
+    state, file_name = own_names(model, state)
     own = model.state_dict()
-    loaded, notes, bad = {}, [], []
-    for key, target in own.items():
-        if key not in state:
-            if not key.endswith("num_batches_tracked") and not key.startswith("head."):
-                bad.append(f"{key} missing")
-            continue
-        value = state[key]
-        if value.shape == target.shape:
+    loaded, notes, unused, shape = {}, [], [], []
+    for key, value in state.items():
+        target = own.get(key)
+        if key.startswith("head."):
+            if target is not None and value.shape == target.shape:
+                loaded[key] = value
+            else:
+                notes.append("new head for this task's classes")
+        elif _skip(key):
+            if target is not None and value.shape == target.shape:
+                loaded[key] = value
+        elif target is None:
+            unused.append(f"{file_name[key]} in the file is not used")
+        elif value.shape == target.shape:
             loaded[key] = value
-        elif key.startswith("head."):
-            notes.append(f"new head ({tuple(value.shape)} -> {tuple(target.shape)})")
         elif value.dim() == 4 and value.shape[2:] == target.shape[2:] and target.shape[1] == 1:
             loaded[key] = value.sum(dim=1, keepdim=True)  # RGB filters -> one grey channel
-            notes.append(f"{key}: RGB filters summed for 1-channel input")
+            notes.append(f"{file_name[key]}: RGB filters summed for 1-channel input")
         elif key == "stem.0.weight" and value.dim() == 4 and value.shape[0] == target.shape[0]:
-            notes.append(
+            notes.append(  # the small-image stem stays as initialised
                 f"stem conv re-initialised ({tuple(value.shape[2:])} kernel in the file, "
                 f"{tuple(target.shape[2:])} here: the small-image stem)"
             )
         else:
-            bad.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
-    if bad or not loaded:
-        first = bad[0] if bad else "no tensor names in common"
+            shape.append(
+                f"{file_name[key]} is {tuple(value.shape)} in the file, {tuple(target.shape)} here"
+            )
+    missing = [
+        f"{file_name[k]} is missing from the file"
+        for k in own
+        if k not in state and not k.startswith("head.") and not _skip(k)
+    ]
+    bad = unused + shape + missing
+    if bad:
         raise ParamsError(
-            f"weights file {source} does not fit this architecture: {len(bad)} of {len(own)} "
-            f"tensors missing or of another shape (first: {first}); check models.*.arch"
+            f"weights file {source} does not fit this architecture: {bad[0]} ({len(unused)} of "
+            f"{len(state)} file tensors unused, {len(missing)} of {len(own)} model tensors "
+            f"missing, {len(shape)} of another shape); check models.*.arch"
         )
     model.load_state_dict(loaded, strict=False)
     return "; ".join(dict.fromkeys(notes))

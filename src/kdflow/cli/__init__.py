@@ -2,7 +2,7 @@
 
 Examples: ``kdflow compare --stage distill --sort test.accuracy``, ``kdflow compare --stage
 transfer@lwf --exp exp-a --exp exp-b``, ``kdflow alias models/*.pt models/transfer/*.pt``,
-``kdflow params`` and ``kdflow ui --port 5000``.
+``kdflow promote``, ``kdflow params`` and ``kdflow ui --port 5000``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--alias", default="lock", help="alias name (default: %(default)s)")
     _store_options(al)
     al.set_defaults(func=commands.alias)
+
+    pr = sub.add_parser(
+        "promote",
+        help="move models:/kdflow-distilled@champion to MODEL's version if it is better",
+        description="The evaluate stage's rule: the version that wrote --model becomes the "
+        "champion if there is none yet, or if it beats the champion on the test split of --data "
+        "(McNemar p < 0.05). The decision is logged on the pipeline run that made it.",
+    )
+    pr.add_argument("--model", default="models/distilled.pt", help="default: %(default)s")
+    pr.add_argument("--data", default="data/prepared/old", help="default: %(default)s")
+    _store_options(pr)
+    pr.set_defaults(func=commands.promote)
 
     pa = sub.add_parser(
         "params",

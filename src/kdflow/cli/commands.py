@@ -1,4 +1,4 @@
-"""``kdflow compare``, ``kdflow alias`` and ``kdflow params``: what each command does.
+"""``kdflow compare``, ``alias``, ``promote`` and ``params``: what each command does.
 
 The store is ``--uri``, else ``tracking.uri`` of the params file, else
 ``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` at the repository root: the one the stages use.
@@ -40,6 +40,12 @@ def store_of(args: argparse.Namespace) -> str:
         return args.uri
     path = params_file(args)
     return tracking_uri(load_params(path).tracking) if path else store_uri()
+
+
+def experiment_of(args: argparse.Namespace) -> str:
+    """The MLflow experiment the stages log to: tracking.experiment of the params file."""
+    path = params_file(args)
+    return load_params(path).tracking.experiment if path else "kdflow"
 
 
 def _filters_text(args: argparse.Namespace) -> str:
@@ -85,6 +91,28 @@ def alias(args: argparse.Namespace) -> None:
         print(f"{path}: {'@' + args.alias + ' -> ' + version if version else 'no registered run'}")
     if not any(found.values()):
         raise KdflowError(f"none of these files was logged by a run in {uri}")
+
+
+def promote(args: argparse.Namespace) -> None:
+    """Move ``champion`` to the registered version of ``--model`` if it earns it (the rule of
+    the evaluate stage: no champion yet, or better with McNemar p < 0.05 on the same images)."""
+    from kdflow.checkpoint import load_model
+    from kdflow.metrics import predict
+    from kdflow.tasks import load_task
+    from kdflow.tracking import promote as promote_version
+    from kdflow.tracking import require_store
+
+    uri = store_of(args)
+    require_store(uri)
+    if not Path(args.model).is_file():
+        raise KdflowError(f"no such model file: {args.model} (dvc checkout / dvc pull?)")
+    task = load_task(args.data)
+    model, _ = load_model(args.model, "model", expect_classes=task.num_classes)
+    pred = predict(model, task["test"][0]).argmax(1)
+    decision = promote_version(uri, Path(args.model), pred, task["test"], task.content_hash)
+    if decision is None:
+        raise KdflowError(f"no registered kdflow-distilled version in {uri} holds {args.model}")
+    print(decision.line())
 
 
 def show_params(args: argparse.Namespace) -> None:

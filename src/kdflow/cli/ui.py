@@ -77,8 +77,8 @@ def serve(cmd: list[str], env: dict[str, str]) -> int:
 
 
 def ui(args: argparse.Namespace) -> None:
-    from kdflow.cli.commands import store_of
-    from kdflow.tracking import require_store
+    from kdflow.cli.commands import experiment_of, store_of
+    from kdflow.tracking import require_store, runs_page
 
     uri = store_of(args)
     if uri.startswith(("http://", "https://")):
@@ -87,7 +87,9 @@ def ui(args: argparse.Namespace) -> None:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", HOST, "--port", str(args.port)]
     cmd += ["--workers", "1", "--backend-store-uri", uri]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI on http://{HOST}:{args.port} for {uri} (Ctrl-C to stop)", file=sys.stderr)
+    page = runs_page(uri, experiment_of(args))  # the runs table, not the GenAI overview
+    print(f"MLflow UI on http://{HOST}:{args.port}{page} for {uri} (Ctrl-C to stop)",
+          file=sys.stderr)  # fmt: skip
     try:
         rc = serve(cmd, env)
     except OSError as exc:

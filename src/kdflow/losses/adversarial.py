@@ -106,7 +106,7 @@ class Adversary:
 
 
 class Adversarial(DistillLoss):
-    """``ce_weight*CE + kd_weight*T^2*KL(p_t || p_s) + adv_weight*BCE(D(p_s), real)``.
+    """``ce_weight*CE + kd_weight*T^2*KL(p_t || p_s) + adv_weight*BCE(D(p_s), 1)``.
 
     ``p = softmax(z/T)``; D learns BCE with the teacher's ``p_t`` as real (target
     ``1 - label_smoothing``) and the student's detached ``p_s`` as fake. With ``conditional``
@@ -153,9 +153,9 @@ class Adversarial(DistillLoss):
             s, t = zscore(s), zscore(t)
         t2 = self.temperature**2
         kd = soft_kl(s, t, self.temperature) * t2
-        dtype = torch.promote_types(s.dtype, torch.float32)
+        dtype = torch.float32  # D's precision, whatever the logits' (bf16 under AMP, fp64)
         n, k = s.shape
-        with torch.autocast(s.device.type, enabled=False):  # D in fp32, as the cached targets
+        with torch.autocast(s.device.type, enabled=False):
             p_s = torch.softmax(s.to(dtype) / self.temperature, dim=1)
             p_t = torch.softmax(t.to(dtype) / self.temperature, dim=1)
             cond = None

@@ -8,6 +8,8 @@ L2-normalised; the student's maps are pulled towards the teacher's at matching s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +31,10 @@ class ATOptions(BaseModel):
     )  # beta in the paper (1000); 100 on val
     # Exponent of |f|; p < 1 would give infinite gradients at exact zeros (ReLU outputs).
     p: float = Field(2.0, ge=1.0, allow_inf_nan=False)
-    # Indexes into the aligned stage pairs (see AT); None = every pair.
-    layers: list[int] | None = Field(None, min_length=1)
+    # Which features to pair; None = every aligned stage pair (see AT). An entry is an index
+    # into those pairs, a module name in both networks (layer3), or [student, teacher] layers
+    # (each a stage index or a module name: [layer3, blocks.4]).
+    layers: list[int | str | tuple[int | str, int | str]] | None = Field(None, min_length=1)
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
 
 
@@ -54,8 +58,10 @@ class AT(DistillLoss):
 
     Choices: stages are paired from the output end (the last ``min`` stages of each network,
     in order) and ``layers`` indexes those pairs, so with equal stage counts it is the list
-    of stage indices. The per-pair term is the RepDistiller form, the mean over batch and
-    positions of the squared difference of the normalised maps; pairs are *averaged* (not
+    of stage indices; names and [student, teacher] entries pair exactly those layers
+    (``kdflow.models.resolve_layers`` turns them into feature indices). The per-pair term is
+    the RepDistiller form, the mean over batch and positions of the squared difference of
+    the normalised maps; pairs are *averaged* (not
     summed, as RepDistiller does) so that ``weight`` does not depend on how many stages are
     used; the published ``weight`` of 1000 goes with this per-position mean. When spatial
     sizes differ, the larger feature map is adaptive-average-pooled to the smaller size before
@@ -101,25 +107,50 @@ class AT(DistillLoss):
         }
 
 
+def _explicit(entry: Any, dims: list[tuple[int, ...]], who: str, i: int) -> int:
+    layer = entry[i]
+    if isinstance(layer, str):  # names are resolved against the models first
+        raise ParamsError(
+            f"params.yaml: distill.methods.at.layers names {layer!r}: a layer name needs the "
+            "models (kdflow.models.resolve_layers) before the loss is built"
+        )
+    if not -len(dims) <= layer < len(dims):
+        raise ParamsError(
+            f"params.yaml: distill.methods.at.layers contains {list(entry)}: the {who} has no "
+            f"layer {layer} ({len(dims)} feature map(s))"
+        )
+    return layer % len(dims)
+
+
 @LOSSES.register("at", schema=ATOptions)
 def build(
     o: ATOptions,
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> AT:
-    for who, dims in (("student", student_dims), ("teacher", teacher_dims)):
-        bad = [tuple(d) for d in dims if len(d) != 3]
-        if not dims or bad:
+    pairs = pair_stages(len(student_dims), len(teacher_dims))
+    if o.layers is not None:
+        chosen = []
+        for entry in o.layers:
+            if isinstance(entry, str):
+                entry = (entry, entry)
+            if not isinstance(entry, int):  # explicit [student, teacher] layers
+                chosen.append(
+                    (_explicit(entry, student_dims, "student", 0),
+                     _explicit(entry, teacher_dims, "teacher", 1))
+                )  # fmt: skip
+                continue
+            if not -len(pairs) <= entry < len(pairs):
+                raise ParamsError(
+                    f"params.yaml: distill.methods.at.layers contains {entry}, out of range for "
+                    f"{len(pairs)} paired stage(s)"
+                )
+            chosen.append(pairs[entry])
+        pairs = chosen
+    for who, dims, k in (("student", student_dims, 0), ("teacher", teacher_dims, 1)):
+        bad = [tuple(dims[p[k]]) for p in pairs if len(dims[p[k]]) != 3]
+        if not pairs or bad:
             raise ParamsError(
                 f"attention transfer needs (C, H, W) stage features; the {who} has {bad or 'none'}"
             )
-    pairs = pair_stages(len(student_dims), len(teacher_dims))
-    if o.layers is not None:
-        for i in o.layers:
-            if not -len(pairs) <= i < len(pairs):
-                raise ParamsError(
-                    f"params.yaml: distill.methods.at.layers contains {i}, out of range for "
-                    f"{len(pairs)} paired stage(s)"
-                )
-        pairs = [pairs[i] for i in o.layers]
     return AT(pairs, o.weight, o.p, o.ce_weight)

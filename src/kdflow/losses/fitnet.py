@@ -24,12 +24,20 @@ class FitNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # weight of the hint loss
-    student_layer: int = -1  # index into the student's stage features (hint)
-    teacher_layer: int = -1  # index into the teacher's stage features (guided layer)
+    # the hint / guided layer: a stage index (-1: the last) or a module name (layer3, blocks.4)
+    student_layer: int | str = -1
+    teacher_layer: int | str = -1
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
 
 
-def _stage(dims: list[tuple[int, ...]], index: int, who: str, key: str) -> tuple[int, int, int]:
+def _stage(
+    dims: list[tuple[int, ...]], index: int | str, who: str, key: str
+) -> tuple[int, int, int]:
+    if isinstance(index, str):  # names are resolved against the models first
+        raise ParamsError(
+            f"params.yaml: distill.methods.fitnet.{key} = {index!r}: a layer name needs the "
+            "models (kdflow.models.resolve_layers) before the loss is built"
+        )
     if not -len(dims) <= index < len(dims):
         raise ParamsError(
             f"params.yaml: distill.methods.fitnet.{key} = {index} is out of range: "
@@ -38,7 +46,7 @@ def _stage(dims: list[tuple[int, ...]], index: int, who: str, key: str) -> tuple
     shape = tuple(dims[index])
     if len(shape) != 3:
         raise ParamsError(
-            f"fitnet needs (C, H, W) feature maps; the {who}'s stage {index} has shape {shape}"
+            f"fitnet needs (C, H, W) feature maps; the {who}'s layer {index} has shape {shape}"
         )
     return shape  # type: ignore[return-value]
 
@@ -49,8 +57,9 @@ class FitNet(DistillLoss):
     The thinner student cannot reproduce the teacher's channels directly, so a learned 1x1
     convolution (+ BatchNorm, whose scale lets the target's magnitude be matched) regresses the
     teacher's map from the student's; its parameters belong to this module and are trained
-    with the student. If the spatial sizes differ the student map is adaptive-average-pooled to
-    the teacher's size first.
+    with the student. The layers are indices into ``Outputs.features`` (stage indices, or
+    module names resolved to taps by ``kdflow.models.resolve_layers``). If the spatial sizes
+    differ the student map is adaptive-average-pooled to the teacher's size first.
     """
 
     needs_features = True
@@ -59,7 +68,7 @@ class FitNet(DistillLoss):
         self,
         student_shape: tuple[int, int, int],
         teacher_shape: tuple[int, int, int],
-        student_layer: int = -1,
+        student_layer: int = -1,  # indices into ``Outputs.features``
         teacher_layer: int = -1,
         weight: float = 1.0,
         ce_weight: float = 1.0,
@@ -100,4 +109,6 @@ def build(
 ) -> FitNet:
     s_shape = _stage(student_dims, o.student_layer, "student", "student_layer")
     t_shape = _stage(teacher_dims, o.teacher_layer, "teacher", "teacher_layer")
-    return FitNet(s_shape, t_shape, o.student_layer, o.teacher_layer, o.weight, o.ce_weight)
+    return FitNet(
+        s_shape, t_shape, int(o.student_layer), int(o.teacher_layer), o.weight, o.ce_weight
+    )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
 from kdflow.losses._base import DistillLoss, ce
 from kdflow.outputs import Outputs
@@ -27,6 +28,10 @@ class RKDOptions(BaseModel):
     distance_weight: float = Field(25.0, ge=0.0, allow_inf_nan=False)
     angle_weight: float = Field(50.0, ge=0.0, allow_inf_nan=False)
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    # None: the pooled embeddings (the paper); else a layer whose output is mean-pooled: a
+    # stage index or a module name (layer3, blocks.4)
+    student_layer: int | str | None = None
+    teacher_layer: int | str | None = None
 
 
 def _differences(e: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,6 +65,29 @@ def angle_potential(e: Tensor) -> Tensor:
     return torch.bmm(unit, unit.transpose(1, 2))
 
 
+def pooled(f: Tensor) -> Tensor:
+    """(N, C, H, W) maps and (N, L, D) tokens -> (N, C) / (N, D) by their mean; (N, D) as is."""
+    if f.dim() == 4:
+        return f.mean(dim=(2, 3))
+    return f.mean(dim=1) if f.dim() == 3 else f.flatten(1)
+
+
+def _layer(layer: int | str | None, dims: list[tuple[int, ...]], key: str) -> int | None:
+    if layer is None:
+        return None
+    if isinstance(layer, str):  # names are resolved against the models first
+        raise ParamsError(
+            f"params.yaml: distill.methods.rkd.{key} = {layer!r}: a layer name needs the "
+            "models (kdflow.models.resolve_layers) before the loss is built"
+        )
+    if not -len(dims) <= layer < len(dims):
+        raise ParamsError(
+            f"params.yaml: distill.methods.rkd.{key} = {layer} is out of range: "
+            f"{len(dims)} feature map(s)"
+        )
+    return layer % len(dims)
+
+
 class RKD(DistillLoss):
     """``ce_weight*CE + distance_weight*Huber(psi_D) + angle_weight*Huber(psi_A)``.
 
@@ -67,27 +95,45 @@ class RKD(DistillLoss):
     teacher's embedding space (relative distances and angles between samples of a batch),
     which does not require equal embedding sizes and tolerates a weaker student. Both Huber
     terms are averaged over all entries (diagonal and degenerate triplets included, where
-    both sides are 0). Computed in float32 even under autocast: the distance normalisation and
-    the triplet products lose too much precision in half.
+    both sides are 0). ``student_layer`` / ``teacher_layer`` (indices into ``features``) use
+    that layer's mean-pooled output instead of the embedding. Computed in float32 even under
+    autocast: the distance normalisation and the triplet products lose too much precision in
+    half.
     """
 
     needs_features = True
 
     def __init__(
-        self, distance_weight: float = 25.0, angle_weight: float = 50.0, ce_weight: float = 1.0
+        self,
+        distance_weight: float = 25.0,
+        angle_weight: float = 50.0,
+        ce_weight: float = 1.0,
+        student_layer: int | None = None,
+        teacher_layer: int | None = None,
     ) -> None:
         super().__init__()
+        self.student_layer = student_layer
+        self.teacher_layer = teacher_layer
         self.distance_weight = float(distance_weight)
         self.angle_weight = float(angle_weight)
         self.ce_weight = float(ce_weight)
+
+    @staticmethod
+    def _embedding(out: Outputs, layer: int | None) -> Tensor:
+        if layer is not None:
+            return pooled(out.features[layer])
+        if out.embedding is None:
+            raise ValueError("rkd needs the pooled embeddings of student and teacher")
+        return out.embedding
 
     def forward(
         self, student: Outputs, teacher: Outputs, target: Tensor, epoch: int = 0
     ) -> dict[str, Tensor]:
         hard = ce(student.logits, target)
-        if student.embedding is None or teacher.embedding is None:
-            raise ValueError("rkd needs the pooled embeddings of student and teacher")
-        e_s, e_t = student.embedding, teacher.embedding
+        e_s, e_t = (
+            self._embedding(student, self.student_layer),
+            self._embedding(teacher, self.teacher_layer),
+        )
         dtype = torch.promote_types(e_s.dtype, torch.float32)
         with torch.autocast(device_type=e_s.device.type, enabled=False):
             e_s = e_s.to(dtype).flatten(1)
@@ -111,4 +157,6 @@ def build(
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> RKD:
-    return RKD(o.distance_weight, o.angle_weight, o.ce_weight)
+    s_layer = _layer(o.student_layer, student_dims, "student_layer")
+    t_layer = _layer(o.teacher_layer, teacher_dims, "teacher_layer")
+    return RKD(o.distance_weight, o.angle_weight, o.ce_weight, s_layer, t_layer)

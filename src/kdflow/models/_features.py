@@ -60,12 +60,13 @@ class Features:
 
     def layer_names(self) -> list[str]:
         """Every module a loss may name."""
-        return [n for n, _ in self.tap_root().named_modules() if n and not _is_head(n)]
+        root = self.tap_root()  # kdflow's own head is not a layer; a body's "head" may be
+        return [n for n, _ in root.named_modules() if n and not (root is self and _is_head(n))]
 
     def clear_taps(self) -> None:
         self._taps = []
 
-    def tap(self, name: str, where: str) -> int:
+    def tap(self, name: str, where: str, who: str = "model") -> int:
         """Index in ``features`` of module ``name``'s output: its stage, or a new tap after the
         stages. ``where`` (the params key) goes into the one-line error for a wrong name."""
         stages = self.stage_names()
@@ -76,7 +77,7 @@ class Features:
             close = difflib.get_close_matches(name, names, n=3)
             hint = f"; close: {', '.join(close)}" if close else ""
             raise ParamsError(
-                f"params.yaml: {where} = {name!r}: no such layer in {type(self).__name__} "
+                f"params.yaml: {where} = {name!r}: the {who} has no such layer "
                 f"(stages: {', '.join(stages) or 'none'}{hint})"
             )
         if name not in self._taps:
@@ -95,7 +96,7 @@ class Features:
     def feature_index(self, layer: int | str, where: str, who: str = "model") -> int:
         """Where ``layer`` (a stage index or a module name) is in ``features``."""
         if isinstance(layer, str):
-            return self.tap(layer, where)
+            return self.tap(layer, where, who)
         return self.stage_index(layer, where, who)
 
 

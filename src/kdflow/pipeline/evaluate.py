@@ -41,9 +41,10 @@ def run_evaluate(params_file: str, old_dir: str, new_dir: str, paths: EvaluatePa
     hashes = {f"model_{k}": sha256_file(p)[:16] for k, p in {**old_paths, **tr_paths}.items()}
     hashes.update(data_old=old.content_hash, data_new=new.content_hash)
     logged = {"evaluate": ecfg, "transfer": {"source": tcfg.source, "strategies": tcfg.strategies}}
-    tracker = Tracker(
-        params.tracking, "evaluate", logged, hashes, pipeline_params=params
-    ).preflight()
+    tracker = Tracker(  # the pipeline's last stage: its parent run ends FINISHED with it
+        params.tracking, "evaluate", logged, hashes, pipeline_params=params,
+        completes_pipeline=True,
+    ).preflight()  # fmt: skip
 
     with tracker:
         old_res = ev.evaluate_old_task(old_paths, old, ecfg)
@@ -73,6 +74,11 @@ def run_evaluate(params_file: str, old_dir: str, new_dir: str, paths: EvaluatePa
         models = [*old_paths.values(), *tr_paths.values()]
         tracker.link_pipeline(models)
         tracker.set_lock_alias(models)
+        tracker.log_datasets(old, ["test"])
+        tracker.log_datasets(new, ["test"])
+        # the champion alias moves only to a significantly better distilled student
+        distilled = old_res.logits["distilled"].argmax(1)
+        decision = tracker.promote(old_paths["distilled"], distilled, old["test"], old.content_hash)
         ev.check_parity(parity, exported["files"].get("onnx"))  # last: the report is there to see
 
     d, t = old_res.rows["distilled"], old_res.rows["teacher"]
@@ -82,3 +88,5 @@ def run_evaluate(params_file: str, old_dir: str, new_dir: str, paths: EvaluatePa
         f"({old_res.timing['threads']} threads); best transfer {tr.best} "
         f"{tr.new_task[tr.best]['accuracy']:.4f}; {time.perf_counter() - t_start:.1f}s"
     )
+    if decision is not None:
+        print(f"[evaluate] {decision.line()}")

@@ -11,11 +11,12 @@ import argparse
 import contextlib
 import hashlib
 import json
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -29,6 +30,9 @@ from kdflow.metrics import classification_metrics, predict
 from kdflow.models import count_params
 from kdflow.tracking import Tracker, process_seconds
 from kdflow.trainer import FitResult, Trainer
+
+if TYPE_CHECKING:
+    from kdflow.tasks import Task
 
 
 def model_card(meta: dict[str, Any]) -> dict[str, Any]:
@@ -136,8 +140,10 @@ class TrainingStage:
         inputs: dict[str, str],
         run_name: str | None = None,
         upstream: dict[str, dict[str, Any]] | None = None,
+        datasets: Sequence[tuple[Task, Sequence[str]]] = (),
     ) -> None:
         self.name = name
+        self.datasets = list(datasets)  # (task, splits) the stage reads: the run's inputs
         self.paths = paths
         for p in (paths.model, paths.metrics, paths.plots):  # writable before any work
             clean_stale_tmp(ensure_dir(Path(p).parent))
@@ -150,6 +156,8 @@ class TrainingStage:
             run_name=run_name,
             upstream=upstream,
             pipeline_params=params,
+            checkpoints=paths.checkpoints,
+            output=paths.model,
         ).preflight()
         # An interrupted run of the same params and inputs is continued, not duplicated.
         self.run_file = paths.checkpoints / RUN_FILE
@@ -170,11 +178,17 @@ class TrainingStage:
 
     def __enter__(self) -> TrainingStage:
         self.tracker.__enter__()
-        if self.stale_run_id and self.stale_run_id != self.tracker.run_id:
-            self.tracker.abandon(self.stale_run_id)
-        if is_main():
-            ensure_dir(self.paths.checkpoints)
-            self.tracker.record_run(self.run_file, self.run_fingerprint)
+        try:  # the run is open: whatever fails now must end it (FAILED), not leave it RUNNING
+            if self.stale_run_id and self.stale_run_id != self.tracker.run_id:
+                self.tracker.abandon(self.stale_run_id)
+            if is_main():
+                ensure_dir(self.paths.checkpoints)
+                self.tracker.record_run(self.run_file, self.run_fingerprint)
+            for task, splits in self.datasets:
+                self.tracker.log_datasets(task, splits)
+        except BaseException:
+            self.tracker.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -259,7 +273,9 @@ class TrainingStage:
             self.tracker.log_summary({**final, "train_seconds": self.seconds})
             self.tracker.log_artifact(self.paths.metrics)
             self.tracker.set_output(self.paths.model)
-            self.tracker.log_model(model, registered_name, example, model_card(meta))
+            self.tracker.log_model(
+                model, registered_name, example, model_card(meta), self.paths.model
+            )
             total = process_seconds()  # MLflow only: what a stage costs besides its work
             self.tracker.log_metrics({
                 "time.total_seconds": total,

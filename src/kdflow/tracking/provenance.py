@@ -1,13 +1,16 @@
 """Where a run comes from: its git commit, its DVC experiment and the pipeline execution.
 
-The tags written here let a run be found from a commit, an experiment or a ``dvc repro``, and
-tell whether the code that ran differs from the commit (DVC's own rewrites do not count).
+The tags written here let a run be found from a commit, an experiment or a ``dvc repro``, tell
+whether the code that ran differs from the commit (DVC's own rewrites do not count), and name
+the process behind a run (pid, host, start time), so a run left RUNNING by a dead process can
+be told from one that is still going.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -33,28 +36,34 @@ def dvc_managed(root: Path, experiment: bool) -> set[str]:
     ``dvc exp run -S`` edits the params file and records it in the experiment's commit. None of
     these make the code that runs differ from the commit.
     """
-    managed = {"dvc.lock"}
+    managed = set()
     try:
         lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return managed
     for stage in (lock.get("stages") or {}).values():
-        managed |= {str(o.get("path")) for o in stage.get("outs") or [] if isinstance(o, dict)}
+        outs = {str(o.get("path")) for o in stage.get("outs") or [] if isinstance(o, dict)}
+        # DVC lists each cached output in a .gitignore in the output's folder
+        managed |= outs | {os.path.join(os.path.dirname(o.rstrip("/")), ".gitignore") for o in outs}
         if experiment:
             managed |= set(stage.get("params") or {})
     return managed
 
 
+def _is_managed(path: str, managed: set[str]) -> bool:
+    return any(path == m or path.startswith(m.rstrip("/") + "/") for m in managed)
+
+
 def git_state() -> dict[str, str]:
-    """Commit, and whether files other than DVC's own outputs differ from it."""
+    """Commit, and whether files other than DVC's own outputs differ from it: changed tracked
+    files and untracked files git does not ignore (new code runs as much as edited code)."""
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return {"commit": "unknown", "dirty": "unknown", "changed": ""}
-    changed = [p for p in _git("diff", "--name-only", "--relative", "HEAD").splitlines() if p]
+    changed = _git("diff", "--name-only", "--relative", "HEAD").splitlines()
+    changed += _git("ls-files", "--others", "--exclude-standard").splitlines()
     managed = dvc_managed(Path.cwd(), bool(os.environ.get("DVC_EXP_NAME")))
-    own = [
-        p for p in changed if not any(p == m or p.startswith(m.rstrip("/") + "/") for m in managed)
-    ]
+    own = sorted({p for p in changed if p and not _is_managed(p, managed)})
     return {"commit": commit, "dirty": str(bool(own)).lower(), "changed": " ".join(own)[:4000]}
 
 
@@ -68,6 +77,21 @@ def _is_dvc(cmdline: list[str]) -> bool:
     return any(Path(a).name in DVC_NAMES for a in cmdline[:2]) or cmdline[1:3] == ["-m", "dvc"]
 
 
+def _dvc_ancestor() -> psutil.Process | None:
+    """The ``dvc`` process that started this stage, if any."""
+    try:
+        ancestors = psutil.Process().parents()[:8]
+    except psutil.Error:
+        return None
+    for proc in ancestors:
+        try:
+            if proc.pid > 1 and _is_dvc(proc.cmdline()):
+                return proc
+        except psutil.Error:
+            return None
+    return None
+
+
 def pipeline_id() -> str:
     """An id shared by the stages of one ``dvc repro`` / ``dvc exp run``.
 
@@ -76,19 +100,54 @@ def pipeline_id() -> str:
     """
     if os.environ.get("KDFLOW_PIPELINE_ID"):
         return os.environ["KDFLOW_PIPELINE_ID"]
+    proc = _dvc_ancestor()
     try:
-        ancestors = psutil.Process().parents()[:8]
+        if proc is not None:
+            exp = os.environ.get("DVC_EXP_NAME", "")  # one per experiment, also from a queue
+            key = f"{proc.pid}-{proc.create_time()}-{exp}"
+            return hashlib.sha1(key.encode()).hexdigest()[:12]
     except psutil.Error:
-        ancestors = []
-    for proc in ancestors:
-        try:
-            if proc.pid > 1 and _is_dvc(proc.cmdline()):
-                exp = os.environ.get("DVC_EXP_NAME", "")  # one per experiment, also from a queue
-                key = f"{proc.pid}-{proc.create_time()}-{exp}"
-                return hashlib.sha1(key.encode()).hexdigest()[:12]
-        except psutil.Error:
-            break
+        pass
     return uuid.uuid4().hex[:12]
+
+
+# Tags naming the process behind a run: with them a later stage can tell that it died.
+PID, HOST, STARTED = "kdflow.pid", "kdflow.host", "kdflow.pid_started"
+
+
+def process_tags(proc: psutil.Process | None = None) -> dict[str, str]:
+    """pid, host and start time of ``proc`` (this process by default)."""
+    proc = proc or psutil.Process()
+    try:
+        started = f"{proc.create_time():.3f}"
+    except psutil.Error:
+        return {}
+    return {PID: str(proc.pid), HOST: socket.gethostname(), STARTED: started}
+
+
+def owner_tags() -> dict[str, str]:
+    """The process a pipeline's parent run lives as long as: the ``dvc`` that runs it."""
+    proc = _dvc_ancestor()
+    return process_tags(proc) if proc is not None else {}
+
+
+def is_dead(tags: dict[str, str]) -> bool:
+    """The process the tags name has ended (its pid is gone, or reused by another process).
+
+    Only decided on this host; a run without the tags, or from another host, is never dead.
+    """
+    if tags.get(HOST) != socket.gethostname() or not tags.get(PID) or not tags.get(STARTED):
+        return False
+    try:
+        pid, started = int(tags[PID]), float(tags[STARTED])
+    except ValueError:
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def lineage_tags(pipeline: str) -> dict[str, str]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -88,48 +90,76 @@ _PATH_COLUMNS = {
     "model_versions": ("source", "storage_location"),
     "logged_models": ("artifact_location",),
 }
+# Experiment tag: the artifact root kdflow chose when it created the experiment. Only such a
+# root is ever rewritten (relocate_store); one a user or a team chose is never touched.
+CREATED_ROOT = "kdflow.created_artifact_root"
 
 
-def _moved_roots(con: sqlite3.Connection, root: Path) -> set[Path]:
-    """The folders the store's experiments were created in, other than ``root``."""
-    olds = set()
-    for (loc,) in con.execute("SELECT artifact_location FROM experiments"):
-        if loc and loc.startswith("file://") and loc.endswith("/mlartifacts"):
-            old = Path(urlparse(loc).path).parent
-            if old != root:
-                olds.add(old)
-    return olds
+def _path(uri: str) -> str:
+    return unquote(urlparse(uri).path)
+
+
+def _moved_roots(con: sqlite3.Connection, new_root: str) -> list[str]:
+    """The artifact roots kdflow created beside this store that are gone: the store moved."""
+    rows = con.execute(
+        "SELECT e.artifact_location FROM experiments e JOIN experiment_tags t "
+        "ON t.experiment_id = e.experiment_id WHERE t.key = ? AND t.value = e.artifact_location",
+        (CREATED_ROOT,),
+    )
+    local = [loc for (loc,) in rows if loc and loc != new_root and loc.startswith("file://")]
+    return [loc for loc in local if not Path(_path(loc)).exists()]  # never a root that exists
+
+
+def _backup(con: sqlite3.Connection, db: Path) -> Path:
+    """A copy of the store before it is rewritten, where git ignores it (beside the artifacts)."""
+    folder = db.resolve().parent / "mlartifacts" / ".kdflow-backups"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{db.stem}-{time.strftime('%Y%m%d-%H%M%S')}-before-relocation.db"
+    with sqlite3.connect(dest) as copy:
+        con.backup(copy)
+    return dest
 
 
 def relocate_store(db: Path) -> int:
-    """Point a copied or moved repository's store at the artifacts inside the copy.
+    """Point a moved repository's store at the artifacts beside it.
 
-    MLflow records absolute artifact paths; without this a copy would keep writing into (and
-    reading from) the original folder. Returns the number of rows rewritten.
+    MLflow records absolute artifact paths. Only a root kdflow created (experiment tag
+    ``kdflow.created_artifact_root``) that no longer exists is rewritten, after a backup; a root
+    that exists (a copy's original, a shared folder) is left as it is. Returns the rows rewritten.
     """
     if not db.is_file():
         return 0
-    root = db.resolve().parent
+    new_root = artifact_location(f"{SQLITE}{db}") or ""
     con = sqlite3.connect(db, timeout=60)
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "experiments" not in tables:
+        if not {"experiments", "experiment_tags"} <= tables:
             return 0
+        olds = _moved_roots(con, new_root)
+        if not olds:
+            return 0
+        backup = _backup(con, db)
         changed = 0
         with con:  # one transaction: all paths move or none
-            for old in _moved_roots(con, root):
-                for before, after in (
-                    (old.as_uri() + "/", root.as_uri() + "/"),
-                    (f"{old}/", f"{root}/"),
-                ):
+            for old in olds:
+                con.execute(
+                    "UPDATE experiment_tags SET value = ? WHERE key = ? AND value = ?",
+                    (new_root, CREATED_ROOT, old),
+                )
+                for before, after in ((old, new_root), (_path(old), _path(new_root))):
                     for table, cols in _PATH_COLUMNS.items():
                         for col in cols if table in tables else ():
                             cur = con.execute(
                                 f"UPDATE {table} SET {col} = ? || substr({col}, ?) "
-                                f"WHERE substr({col}, 1, ?) = ?",
-                                (after, len(before) + 1, len(before), before),
+                                f"WHERE {col} = ? OR substr({col}, 1, ?) = ?",
+                                (after, len(before) + 1, before, len(before) + 1, before + "/"),
                             )
                             changed += cur.rowcount
+        print(
+            f"kdflow: the MLflow store moved: artifacts of {', '.join(olds)} (gone) now read from "
+            f"{new_root}; {changed} paths rewritten, backup {backup}",
+            file=sys.stderr,
+        )
         return changed
     except sqlite3.Error as exc:
         raise KdflowError(f"MLflow store {db} could not be read ({exc}); is it corrupt?") from None
