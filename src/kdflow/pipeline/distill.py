@@ -51,7 +51,8 @@ def run_distill(
     )
     inputs.update({"init": init_hash} if init_hash else {})
     title = run_title(cfg.method, cfg.options(), tcfg.lr)
-    stage = TrainingStage("distill", params, paths, logged, inputs, title, upstream)
+    datasets = [(task, ("train", "val", "test"))]
+    stage = TrainingStage("distill", params, paths, logged, inputs, title, upstream, datasets)
     use_cache = objective.cached is not None
     teacher_says = {split: ensemble_logits(teachers, task[split][0]) for split in ("val", "test")}
 

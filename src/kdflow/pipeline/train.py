@@ -40,7 +40,10 @@ def run_train(role: str, params_file: str, data: str, external: Path, paths: Sta
         f" adopted {origin.weights}" if adopt else f" lr={tcfg.lr:g} labels={tcfg.label_fraction:g}"
     )
     title += f" from {origin.weights}" if origin and not adopt else ""
-    stage = TrainingStage(f"train@{role}", params, paths, logged, inputs, run_name=title)
+    datasets = [(task, ("train", "val", "test"))]
+    stage = TrainingStage(
+        f"train@{role}", params, paths, logged, inputs, run_name=title, datasets=datasets
+    )
     with stage:
         if origin:
             stage.tracker.set_tags({f"kdflow.origin.{k}": v for k, v in origin.as_dict().items()})

@@ -36,7 +36,10 @@ def run_transfer(
               "source": sha256_file(source_file)}  # fmt: skip
     title = f"transfer@{name} from {cfg.source}" + (f" lr={opts['lr']:g}" if opts.get("lr") else "")
     upstream = {} if scratch else {"source": ckpt.get("lineage") or {}}
-    stage = TrainingStage(f"transfer@{name}", params, paths, logged, inputs, title, upstream)
+    datasets = [(new, ("train", "test")), (old, ("test",))]
+    stage = TrainingStage(
+        f"transfer@{name}", params, paths, logged, inputs, title, upstream, datasets
+    )
     x_old, y_old = old["test"]
     before = None if scratch else classification_metrics(predict(source, x_old), y_old)["accuracy"]
     model, phases = recipes.transfer_setup(params, name, source, ckpt["spec"], old, new)

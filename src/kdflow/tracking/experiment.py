@@ -22,7 +22,7 @@ def experiment_id(uri: str, name: str) -> str:
     exp = call(uri, "read the experiment", mlflow.get_experiment_by_name, name)
     if exp is None:
         loc = artifact_location(uri)
-        tags = {**({CREATED_ROOT: loc} if loc else {})}
+        tags = {KIND: TRAINING, **({CREATED_ROOT: loc} if loc else {})}
         try:
             return mlflow.create_experiment(name, loc, tags=tags)
         except MlflowException as exc:  # another stage created it meanwhile: use that one

@@ -36,7 +36,7 @@ def dvc_managed(root: Path, experiment: bool) -> set[str]:
     ``dvc exp run -S`` edits the params file and records it in the experiment's commit. None of
     these make the code that runs differ from the commit.
     """
-    managed = set()
+    managed = {"dvc.lock"}
     try:
         lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
     except (OSError, yaml.YAMLError):
