@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from kdflow.errors import ParamsError
 from kdflow.models._features import Features, capture, collect
-from kdflow.outputs import Outputs
 
 _OPENED = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # containers whose children are steps
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -70,19 +69,6 @@ class Adapted(Features, nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         return self._pooled(x)
-
-    def forward_all(self, x: Tensor) -> Outputs:
-        feats, emb = self.backbone(x)
-        return Outputs(self.head(emb), feats, emb)
-
-    def forward(self, x: Tensor, with_features: bool = False) -> Tensor | Outputs:
-        if with_features:
-            return self.forward_all(x)
-        return self.head(self.embed(x))
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        head = {id(p) for p in self.head.parameters()}
-        return [p for p in self.parameters() if id(p) not in head]
 
     def own_names(self, state: dict[str, Any]) -> dict[str, Any]:
         """A state dict of the original network (or of this model) in this model's names: the

@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdflow.errors import KdflowError, ParamsError
+from kdflow.outputs import Outputs
 
 
 @contextmanager
@@ -46,9 +47,24 @@ def collect(store: dict[str, Any], names: list[str]) -> list[Tensor]:
 
 
 class Features:
-    """Mixin for kdflow models: stage names, and taps of other modules by name."""
+    """Mixin for kdflow models: the forward every model shares (logits, or all ``Outputs``),
+    stage names, and taps of other modules by name."""
 
     _taps: list[str]
+
+    def forward_all(self, x: Tensor) -> Outputs:
+        feats, emb = self.backbone(x)  # type: ignore[attr-defined]
+        return Outputs(self.head(emb), feats, emb)  # type: ignore[attr-defined]
+
+    def forward(self, x: Tensor, with_features: bool = False) -> Tensor | Outputs:
+        # One entry point (also under DDP, which only syncs gradients through forward).
+        if with_features:
+            return self.forward_all(x)
+        return self.head(self.embed(x))  # type: ignore[attr-defined]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        head = {id(p) for p in self.head.parameters()}  # type: ignore[attr-defined]
+        return [p for p in self.parameters() if id(p) not in head]  # type: ignore[attr-defined]
 
     def stage_names(self) -> list[str]:  # pragma: no cover - interface
         """Module names (relative to ``tap_root``) whose outputs are the stage features."""

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor, nn
 
 from kdflow.models._features import Features, capture, collect
-from kdflow.outputs import Outputs
 
 
 class Net(Features, nn.Module):
@@ -40,17 +39,3 @@ class Net(Features, nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         return self.backbone(x)[1]
-
-    def forward_all(self, x: Tensor) -> Outputs:
-        feats, emb = self.backbone(x)
-        return Outputs(self.head(emb), feats, emb)
-
-    def forward(self, x: Tensor, with_features: bool = False) -> Tensor | Outputs:
-        # One entry point (also under DDP, which only syncs gradients through forward).
-        if with_features:
-            return self.forward_all(x)
-        return self.head(self.embed(x))
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        head = {id(p) for p in self.head.parameters()}
-        return [p for p in self.parameters() if id(p) not in head]
