@@ -306,12 +306,14 @@ def test_evaluate_stage_end_to_end(
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     argv = ["--params", "params.yaml", "--old", str(data / "old"), "--new", str(data / "new")]
     argv += [a for role in ("teacher", "student", "distilled")
-             for a in (f"--{role}", f"models/{role}.pt")]  # fmt: skip
+             for a in ("--model", f"{role}=models/{role}.pt")]  # fmt: skip
+    argv += [a for name in ("teacher", "student", "distill")
+             for a in ("--curve", f"{name}=plots/{name}.csv")]  # fmt: skip
     argv += [
-        "--transfers",
-        "models/transfer",
-        "--curves",
-        "plots",
+        "--transfer-model",
+        "models/transfer/{strategy}.pt",
+        "--transfer-curve",
+        "plots/transfer/{strategy}.csv",
         "--metrics",
         "metrics/evaluate.json",
     ]
@@ -497,6 +499,7 @@ def test_params_command_prints_every_resolved_param(
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["tracking"] == {
         "uri": None, "experiment": "other", "log_models": True, "register_models": True,
+        "system_metrics": False,
     }  # fmt: skip
     assert shown == load_params(tmp_path / "params.yaml").model_dump(mode="json")
     assert {"data", "models", "train", "distill", "transfer"} <= set(shown)
