@@ -155,3 +155,54 @@ def test_imagefolder_empty_or_single_class(tmp_path: Path) -> None:
     _write_images(tmp_path / "one", {"cat": 3})
     with pytest.raises(KdflowError, match=r"one class \(cat\); at least 2"):
         DATASETS.get("imagefolder")(DataConfig(dataset="imagefolder", root=str(tmp_path / "one")))
+
+
+@pytest.mark.parametrize("policy", ["pad_crop", "resized_crop"])
+def test_device_memory_path_gives_the_host_paths_batches(digits_dir: Path, policy: str) -> None:
+    """The split held in (CPU) device memory yields the same model inputs, in the same order,
+    as the DataLoader path reading rows from disk, augmentation included."""
+    from kdflow.budget import Budget
+    from kdflow.config import TrainConfig
+    from kdflow.data import Feed, TensorBatches
+
+    task = load_task(digits_dir / "old")
+    data = TensorBatches(*task["train"])
+    cpu = torch.device("cpu")
+    seen = {}
+    for where in ("off", "on"):
+        cfg = TrainConfig(batch_size=32, augment=True, augment_policy=policy, device_data=where)
+        budget = Budget(data, cfg, cpu)
+        assert budget.on_device == (where == "on")
+        feed, gen = Feed(data, cpu, True, policy, True), torch.Generator()
+        batches = []
+        for epoch in range(2):
+            gen.manual_seed(epoch)
+            batches += [(feed(x, gen), y, idx) for x, y, idx, _ in budget.batches(epoch)]
+        seen[where] = batches
+    assert len(seen["on"]) == len(seen["off"]) > 2
+    for (xa, ya, ia), (xb, yb, ib) in zip(seen["off"], seen["on"], strict=True):
+        assert torch.equal(ia, ib) and torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+    plain = Feed(data, cpu, False, policy, True)(data.stored()[seen["off"][0][2]], gen)
+    assert not torch.equal(plain, seen["off"][0][0])  # augmentation did change the images
+
+
+def test_batched_crop_and_flip_match_a_per_image_reference() -> None:
+    from kdflow.augment import hflip, pad_crop
+
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(3)
+    out = pad_crop(x, gen, pad=2)
+    gen.manual_seed(3)
+    oy, ox = torch.randint(0, 5, (6,), generator=gen), torch.randint(0, 5, (6,), generator=gen)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(6):  # the reference: one image at a time
+        ref = padded[i, :, oy[i] : oy[i] + 8, ox[i] : ox[i] + 8]
+        assert torch.equal(out[i], ref)
+    gen.manual_seed(5)
+    flipped = hflip(x, gen)
+    gen.manual_seed(5)
+    which = torch.rand(6, generator=gen) < 0.5
+    for i in range(6):
+        assert torch.equal(flipped[i], x[i].flip(-1) if which[i] else x[i])
+    assert 0 < int(which.sum()) < 6  # both cases were exercised

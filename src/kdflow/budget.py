@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 
 from kdflow.config import TrainConfig
-from kdflow.data import TensorBatches, make_loader
+from kdflow.data import TensorBatches, fits_device, make_loader
 from kdflow.distributed import world_size
 from kdflow.errors import ParamsError
 
@@ -29,31 +30,60 @@ def per_rank_batch(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
-def repeats(min_steps: int, epochs: int, batches: int) -> int:
-    """Passes over the data per epoch so that the run makes at least ``min_steps`` steps."""
-    return max(1, math.ceil(min_steps / max(epochs * batches, 1)))
+def passes(epochs: int, min_steps: int, steps: int, max_steps: int | None = None) -> int:
+    """Passes over the data of a whole run: ``epochs``, more where a small dataset would make
+    fewer than ``min_steps`` steps, fewer where ``max_steps`` caps the run."""
+    n = max(epochs, math.ceil(min_steps / max(steps, 1)))
+    if max_steps is not None:
+        n = min(n, math.ceil(max_steps / max(steps, 1)))
+    return max(n, 1)
 
 
 class Budget:
-    """The seeded loader of this process and how many times an epoch goes round it.
+    """The seeded loader of this process, and how many passes and steps a run makes.
 
-    A budget counts optimizer steps: a small dataset goes round several times per epoch so
-    that the whole run makes at least ``min_steps`` steps.
+    One pass over the data is one epoch of the Trainer (one evaluation, one checkpoint), so a
+    small dataset is evaluated often enough to stop early after a few passes without a
+    plateau. ``min_steps`` adds passes to small data; ``max_steps`` is a ceiling.
     """
 
-    def __init__(self, data: TensorBatches, cfg: TrainConfig, pin_memory: bool) -> None:
+    def __init__(self, data: TensorBatches, cfg: TrainConfig, device: torch.device) -> None:
         per_rank = per_rank_batch(cfg.batch_size, world_size())
-        self.loader, self.set_epoch = make_loader(
-            data, per_rank, cfg.seed, workers=cfg.workers, pin_memory=pin_memory
+        resident = cfg.device_data == "on" or (
+            cfg.device_data == "auto" and fits_device(data, device, cfg.device_data_share)
         )
-        self.repeats = repeats(cfg.min_steps, cfg.epochs, len(self.loader))
-        self.steps = len(self.loader) * self.repeats  # optimizer steps of an epoch
+        self.on_device = resident
+        self.loader, self.set_epoch = make_loader(
+            data, per_rank, cfg.seed, workers=cfg.workers, pin_memory=device.type == "cuda",
+            device=device if resident else None,
+        )  # fmt: skip
+        self.steps = len(self.loader)  # optimizer steps of one pass
+        self.passes = passes(cfg.epochs, cfg.min_steps, self.steps, cfg.max_steps)
+        self.total = self.passes * self.steps
+        if cfg.max_steps is not None:
+            self.total = min(self.total, cfg.max_steps)
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
-        """Batches of the epoch, each with the position of its first sample on this rank."""
-        for r in range(self.repeats):
-            self.set_epoch(epoch * self.repeats + r)
-            pos = 0
-            for x, y, idx in self.loader:
-                yield x, y, idx, pos
-                pos += len(y)
+        """Batches of one pass, each with the position of its first sample on this rank;
+        the last pass stops at ``max_steps``."""
+        self.set_epoch(epoch)
+        left = self.total - epoch * self.steps
+        pos = 0
+        for step, (x, y, idx) in enumerate(self.loader):
+            if step >= left:
+                return
+            yield x, y, idx, pos
+            pos += len(y)
+
+
+def plateaued(scores: list[float], patience: int | None, min_delta: float = 0.0) -> bool:
+    """Early stopping: the last ``patience`` evaluations improved on the best before them by
+    no more than ``min_delta``. Read from the history, so a resumed run stops where an
+    uninterrupted one would."""
+    if patience is None or not scores:
+        return False
+    best, last = -math.inf, 0
+    for i, s in enumerate(scores):
+        if s > best + min_delta:
+            best, last = s, i
+    return len(scores) - 1 - last >= patience

@@ -68,8 +68,13 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """How one training stage trains; ``train.defaults`` holds what the stages share."""
 
-    epochs: int = Field(8, ge=1)
-    min_steps: int = Field(0, ge=0)
+    epochs: int = Field(8, ge=1)  # passes over the data (evaluated after each)
+    min_steps: int = Field(0, ge=0)  # floor on optimizer steps: small data makes more passes
+    max_steps: int | None = Field(None, ge=1)  # ceiling on optimizer steps
+    # early stopping: stop once validation accuracy has not improved by more than min_delta
+    # for `patience` epochs (null: train the whole budget)
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0.0, lt=1.0)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
@@ -82,6 +87,11 @@ class TrainConfig(Section):
     augment_policy: Literal["pad_crop", "resized_crop"] = "pad_crop"  # CIFAR- / ImageNet-style
     hflip: bool = True  # horizontal flips when augmenting (off for digits, text, ...)
     workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes (0: in the main process)
+    # hold the training split in device memory as uint8 (augment there): auto = on a GPU when
+    # it takes at most device_data_share of its memory; on = also on CPU; off = read from host
+    device_data: Literal["auto", "on", "off"] = "auto"
+    device_data_share: float = Field(0.25, gt=0.0, le=1.0)
+    compile: bool = False  # torch.compile the trained model's forward
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     select: Literal["best", "last"] = "best"
@@ -104,6 +114,14 @@ class RoleTrainConfig(TrainConfig):
     # share of the old task's training images whose label is used (stratified, data.seed);
     # the distilled student uses train.student's, so both see the same labels
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class TransferTrainConfig(TrainConfig):
+    """Transfer training: the new task has no validation split, so early stopping holds out
+    a stratified share of the labelled shots to choose the number of epochs, then refits on
+    every shot for that many."""
+
+    holdout: float = Field(0.2, gt=0.0, lt=1.0)
 
 
 class ModelsConfig(Section):
@@ -148,7 +166,7 @@ class TransferConfig(Section):
     )
     # per-strategy options; kdflow.params fills in each strategy's defaults
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig(select="last")  # the new task has no validation split
+    train: TransferTrainConfig = TransferTrainConfig(select="last")  # no validation split
 
     @field_validator("strategies")
     @classmethod
@@ -178,6 +196,9 @@ class ComputeConfig(Section):
     # null: derived from the stage, the params and the DVC experiment (one rendezvous each)
     rdzv_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
     rdzv_timeout: int = Field(60, ge=1)  # seconds to wait for another node's endpoint
+    # CPU threads per process (null: torch's default, one per core); a share of the cores
+    # when experiments run side by side. A param: the thread count changes CPU results.
+    threads: int | None = Field(None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _multinode(self) -> ComputeConfig:

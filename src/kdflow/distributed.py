@@ -115,7 +115,12 @@ def launch(compute: Any, stage: str, params_file: str | Path) -> None:
     """Run this stage on ``compute.nproc_per_node`` x ``nnodes`` processes: re-execute it
     under torch.distributed.run (PyTorch's elastic launcher) unless already launched. Ranks
     see the same command line; global rank 0 writes and logs. Another node runs the very same
-    command (docs/scaling.md); the nodes must share the repository's filesystem (checked)."""
+    command (docs/scaling.md); the nodes must share the repository's filesystem (checked).
+
+    ``compute.threads`` sets each process's CPU threads: a share of the cores when several
+    experiments run at once. It is a param because the thread count changes CPU results."""
+    if compute.threads is not None:
+        torch.set_num_threads(compute.threads)
     if compute.nproc_per_node * compute.nnodes <= 1 or "LOCAL_RANK" in os.environ:
         return
     import subprocess
@@ -130,7 +135,9 @@ def launch(compute: Any, stage: str, params_file: str | Path) -> None:
     else:
         cmd += ["--standalone"]
     env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:  # share the cores (torchrun would say 1, with a warning)
+    if compute.threads is not None:
+        env["OMP_NUM_THREADS"] = str(compute.threads)
+    elif "OMP_NUM_THREADS" not in env:  # share the cores (torchrun would say 1, with a warning)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // compute.nproc_per_node))
     raise SystemExit(subprocess.call([*cmd, *sys.argv], env=env))
 

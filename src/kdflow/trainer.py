@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdflow.budget import Budget
+from kdflow.budget import Budget, plateaued
 from kdflow.config import TrainConfig
-from kdflow.data import TensorBatches
+from kdflow.data import Feed, TensorBatches
 from kdflow.distributed import (
     all_reduce_,
     barrier,
@@ -48,6 +48,7 @@ class FitResult:
     best_epoch: int
     seconds: float
     resumed_from: int = 0
+    stopped_early: bool = False  # validation stopped improving before the budget ran out
 
 
 class Trainer:
@@ -82,25 +83,25 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.objective = (objective or Objective(cfg.label_smoothing)).to(self.device)
-        self.train_data = TensorBatches(
-            *train, augment=cfg.augment, policy=cfg.augment_policy, hflip=cfg.hflip
-        )
+        self.train_data = TensorBatches(*train)
+        self.feed = Feed(self.train_data, self.device, cfg.augment, cfg.augment_policy, cfg.hflip)
+        self.augment_gen = torch.Generator()  # CPU: the same crops on every device
         self.val = val
         self.extra_metrics = extra_metrics
         self.on_epoch = on_epoch
-        self.budget = Budget(self.train_data, cfg, pin_memory=self.device.type == "cuda")
+        self.budget = Budget(self.train_data, cfg, self.device)
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.extra_params = self.objective.own_parameters()  # optimised, synced under DDP
         if self.extra_params:
             groups = [*groups, {"params": self.extra_params}]
-        self.optimizer, self.scheduler = build_optimizer(
-            cfg, groups, cfg.epochs * self.budget.steps
-        )
+        self.optimizer, self.scheduler = build_optimizer(cfg, groups, self.budget.total)
         self.ddp_model: nn.Module = self.model
         if initialized():
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if cfg.compile:  # the weights stay self.model's: checkpoints are unchanged
+            self.ddp_model = torch.compile(self.ddp_model)
         parts = {"model": self.model, "objective": self.objective}
         parts.update(optimizer=self.optimizer, scheduler=self.scheduler)
         parts["objective_extra"] = ObjectiveExtra(self.objective)  # e.g. a discriminator's Adam
@@ -151,14 +152,16 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.ddp_model.train()
         self.objective.train()  # an objective with its own updates (a discriminator) makes them
-        # Augmentation draws from the global generator: seed it per epoch, so resuming at
-        # an epoch boundary replays exactly what an uninterrupted run would have done.
-        # Each rank draws its own augmentation (rank 0 draws what one process would).
-        torch.manual_seed(self.cfg.seed * 100_003 + epoch + 1_000_003 * rank())
-        meter = Meter(self.device, self.progress.bar(epoch, self.cfg.epochs, self.budget.steps))
+        # Augmentation draws from augment_gen (and dropout from the global generator): seeded
+        # per epoch, so resuming at an epoch boundary replays what an uninterrupted run would
+        # have done. Each rank draws its own augmentation (rank 0 draws what one process would).
+        seed = self.cfg.seed * 100_003 + epoch + 1_000_003 * rank()
+        torch.manual_seed(seed)
+        self.augment_gen.manual_seed(seed)
+        meter = Meter(self.device, self.progress.bar(epoch, self.budget.passes, self.budget.steps))
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
         for step, (x, y, idx, pos) in enumerate(self.budget.batches(epoch)):
-            x = x.to(self.device, non_blocking=True)
+            x = self.feed(x.to(self.device, non_blocking=True), self.augment_gen)
             y = y.to(self.device, non_blocking=True)
             loss, logits, parts = self._step(x, y, idx, epoch, step, amp)
             real = self._real(pos, y.numel())
@@ -189,8 +192,10 @@ class Trainer:
                 for i, m in enumerate(history):
                     self.on_epoch(m, i)
         t0 = time.perf_counter()
-        epochs = self.cfg.epochs
+        epochs, stopped = self.budget.passes, self._plateaued(history)
         for epoch in range(start_epoch, epochs):
+            if stopped:
+                break
             te = time.perf_counter()
             metrics = self._train_epoch(epoch)
             self._evaluate(metrics, epoch)
@@ -200,8 +205,16 @@ class Trainer:
             if self.val is not None and score > best["score"]:
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 best = {"epoch": epoch, "score": score, "state": state}
-            left = eta(time.perf_counter() - t0, epoch + 1 - start_epoch, epochs - epoch - 1)
-            self.progress.epoch(epoch, epochs, metrics, left)
+            stopped = self._plateaued(history)
+            left = 0 if stopped else epochs - epoch - 1
+            self.progress.epoch(
+                epoch, epochs, metrics, eta(time.perf_counter() - t0, epoch + 1 - start_epoch, left)
+            )
+            if stopped:
+                self.progress.say(
+                    f"stopping early after epoch {epoch + 1}: validation accuracy has not improved "
+                    f"by more than {self.cfg.min_delta:g} for {self.cfg.patience} epochs"
+                )
             if self.resume is not None and is_main():
                 self.resume.save(epoch + 1, history, best)
             barrier()
@@ -210,8 +223,16 @@ class Trainer:
         use_best = self.cfg.select == "best" and best["state"] is not None
         if use_best:
             self.model.load_state_dict(best["state"])
-        best_epoch = best["epoch"] if use_best else epochs - 1
-        return FitResult(history, best_epoch, time.perf_counter() - t0, start_epoch)
+        best_epoch = best["epoch"] if use_best else len(history) - 1
+        seconds = time.perf_counter() - t0
+        return FitResult(history, best_epoch, seconds, start_epoch, stopped)
+
+    def _plateaued(self, history: list[dict[str, float]]) -> bool:
+        """Early stopping needs a validation split (transfer holds out some shots for it)."""
+        if self.val is None:
+            return False
+        scores = [h["val_accuracy"] for h in history]
+        return plateaued(scores, self.cfg.patience, self.cfg.min_delta)
 
     def finish(self) -> None:
         """Drop the resume checkpoint once the stage's outputs are safely written."""

@@ -13,9 +13,11 @@ import io
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
-from kdflow.config import Params, TrainConfig
+from kdflow.config import Params, TrainConfig, TransferTrainConfig
 from kdflow.distill import DistillObjective, build_objective, initial_student
 from kdflow.models import build_for_task
 from kdflow.pretrained import Origin, check_adoptable, load_initial
@@ -170,14 +172,55 @@ def transfer_train(
     fit: Fit = plain_fit,
     label: str = "transfer",
 ) -> dict[str, Any]:
-    """Each phase in turn (solved, or trained at the strategy's lr); what solved phases chose."""
+    """Each phase in turn (solved, or trained at the strategy's lr); what solved phases chose.
+
+    ``label`` is the strategy. With ``patience`` set, the number of epochs is first chosen on
+    held-out shots (``transfer_epochs``), then the model is trained on every shot.
+    """
+    chosen: dict[str, Any] = {}
+    if isinstance(cfg, TransferTrainConfig) and cfg.patience is not None:
+        cfg, chosen["early_stopping"] = transfer_epochs(options, cfg, model, train, label)
 
     def one(i: int, phase: Phase, pcfg: TrainConfig) -> object:
         name = f"{label}:{phase.name}" if len(phases) > 1 else label
         return fit(pcfg, model, train, None, objective=phase.objective,
                    param_groups=phase.param_groups, phase=str(i), name=name)  # fmt: skip
 
-    return train_phases(model, phases, strategy_config(cfg, options), train, one)
+    return {**chosen, **train_phases(model, phases, strategy_config(cfg, options), train, one)}
+
+
+def transfer_epochs(
+    options: dict[str, Any],
+    cfg: TransferTrainConfig,
+    model: TransferNet,
+    train: tuple[Tensor, Tensor],
+    strategy: str,
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """Early stopping without a validation split: train a copy of ``model`` on a stratified
+    share of the shots, stop when the held-out rest stops improving, and return the config
+    that trains the best number of epochs on every shot (no floor, no stopping)."""
+    x, y = train
+    fit_idx, held_idx = train_test_split(
+        np.arange(len(y)), test_size=cfg.holdout, stratify=y.numpy(), random_state=cfg.seed
+    )
+    part, held = (x[fit_idx], y[fit_idx]), (x[held_idx], y[held_idx])
+    trial = copy.deepcopy(model)
+    phases = build_phases(strategy, options, trial, part[0])
+    best: list[int] = []
+
+    def one(i: int, phase: Phase, pcfg: TrainConfig) -> object:
+        result = plain_fit(pcfg, trial, part, held, objective=phase.objective,
+                           param_groups=phase.param_groups)  # fmt: skip
+        best.append(result.best_epoch + 1)
+        return result
+
+    train_phases(trial, phases, strategy_config(cfg.model_copy(update={"select": "best"}), options),
+                 part, one)  # fmt: skip
+    if not best:  # nothing trained (a solved probe): nothing to choose
+        return cfg, {}
+    epochs = max(best)
+    update = {"epochs": epochs, "min_steps": 0, "max_steps": None, "patience": None}
+    return cfg.model_copy(update=update), {"epochs": epochs, "holdout": cfg.holdout}
 
 
 def transferred(

@@ -1,0 +1,107 @@
+"""Budgets that stop when learning stops: early stopping, the step ceiling, and transfer's
+number of epochs chosen on held-out shots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdflow.budget import passes, plateaued
+from kdflow.config import TrainConfig, TransferTrainConfig
+from kdflow.pipeline import recipes
+from kdflow.tasks import load_task
+from kdflow.trainer import Trainer
+
+CPU = {"device": "cpu", "channels_last": False}
+
+
+def test_plateau_rule() -> None:
+    assert not plateaued([0.5, 0.6, 0.7], patience=1)
+    assert plateaued([0.5, 0.7, 0.7], patience=1)  # no gain in the last evaluation
+    assert not plateaued([0.5, 0.7, 0.7], patience=2)
+    assert plateaued([0.5, 0.70, 0.705, 0.709], patience=2, min_delta=0.01)  # gains too small
+    assert not plateaued([0.5, 0.7, 0.7, 0.7], patience=None)  # off
+
+
+def test_passes_floor_and_ceiling() -> None:
+    assert passes(epochs=3, min_steps=0, steps=4) == 3
+    assert passes(epochs=3, min_steps=100, steps=4) == 25  # the floor adds passes
+    assert passes(epochs=30, min_steps=0, steps=4, max_steps=10) == 3  # the ceiling cuts
+
+
+def _fit(cfg: TrainConfig, digits: Path) -> tuple[Trainer, object]:
+    task = load_task(digits / "old")
+    x, y = task["train"]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x[:1].numel(), 5))
+    trainer = Trainer(cfg, model, (x, y), task["val"])
+    return trainer, trainer.fit()
+
+
+def test_training_stops_when_validation_stops_improving(digits_dir: Path) -> None:
+    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, **CPU)
+    _, result = _fit(cfg, digits_dir)
+    run = len(result.history)
+    assert result.stopped_early and run < 200  # a solved problem does not use its ceiling
+    scores = [h["val_accuracy"] for h in result.history]
+    assert max(scores[-2:]) <= max(scores[:-2])  # the last `patience` epochs did not improve
+    assert result.best_epoch == scores.index(max(scores))  # the best epoch is kept
+    off = cfg.model_copy(update={"patience": None, "epochs": run + 3})
+    _, full = _fit(off, digits_dir)
+    assert len(full.history) == run + 3 and not full.stopped_early
+
+
+def test_max_steps_is_a_ceiling(digits_dir: Path) -> None:
+    cfg = TrainConfig(epochs=50, batch_size=64, select="last", max_steps=7, **CPU)
+    trainer, result = _fit(cfg, digits_dir)
+    assert trainer.scheduler.last_epoch == 7  # steps, even mid-pass
+    assert len(result.history) == 7 // trainer.budget.steps + 1
+
+
+def test_early_stopping_resumes_where_it_stopped(digits_dir: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, **CPU)
+    task = load_task(digits_dir / "old")
+    x, _ = task["train"]
+
+    def run() -> tuple[Trainer, object]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(x[:1].numel(), 5))
+        t = Trainer(cfg, model, task["train"], task["val"], ckpt_dir=tmp_path, fingerprint="f")
+        return t, t.fit()
+
+    first, done = run()
+    again, resumed = run()  # the checkpoint already says: stopped
+    assert resumed.history == done.history and resumed.stopped_early
+    for a, b in zip(
+        first.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "lp_ft"])
+def test_transfer_chooses_its_epochs_on_held_out_shots(digits_dir: Path, strategy: str) -> None:
+    from kdflow.params import parse_params
+
+    params = parse_params({"data": {"dataset": "digits"}, "models": {
+        "student": {"arch": "cnn", "width": 4, "depth": 2}}})  # fmt: skip
+    old, new = load_task(digits_dir / "old"), load_task(digits_dir / "new")
+    source, _ = recipes.initial_model(params, "student", old)
+    spec = {"arch": "cnn", "width": 4, "depth": 2}
+    cfg = TransferTrainConfig(epochs=300, batch_size=16, lr=0.01, select="last", patience=3,
+                              holdout=0.25, **CPU)  # fmt: skip
+    model, phases = recipes.transfer_setup(params, strategy, source, spec, old, new)
+    seen: list[TrainConfig] = []
+
+    def fit(pcfg: TrainConfig, *args: object, **kwargs: object):
+        seen.append(pcfg)
+        return recipes.plain_fit(pcfg, *args, **kwargs)
+
+    opts = params.transfer.options_for(strategy)
+    chosen = recipes.transfer_train(opts, cfg, model, phases, new["train"], fit, strategy)
+    epochs = chosen["early_stopping"]["epochs"]
+    assert 1 <= epochs < 300 and chosen["early_stopping"]["holdout"] == 0.25
+    assert [c.epochs for c in seen] == [epochs]  # every shot, for the chosen number of epochs
+    assert seen[0].patience is None and seen[0].min_steps == 0
