@@ -1,0 +1,160 @@
+"""The user's own case: a folder of RGB images of mixed sizes, a torchvision or timm teacher and
+a student of another family; the whole `dvc repro` timed stage by stage with this project's
+budgets (early stopping) and with them turned off, and each model's test accuracy compared
+between the two runs with McNemar's exact test on the same test images.
+
+    python bench/own_case.py [--teacher torchvision:resnet18] [--student timm:mobilenetv3_small_050]
+                             [--per-class 300] [--set key=value ...]
+
+The folder is generated from Fashion-MNIST (Debian's dataset package, as the tests' folders
+are): train/<class>/ holds ``--per-class`` images per class (3,000 for 10 classes) and test/
+a third as many; each image gets its own size (20-48 px) and colour tint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import parse_sets, save, table
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OFF = {"train": {"defaults": {"patience": None}}}  # this change's budgets turned off
+
+
+def make_folder(out: Path, per_class: int, seed: int = 0) -> dict[str, int]:
+    """train/ and test/ folders of tinted RGB PNGs of mixed sizes, from Fashion-MNIST."""
+    from PIL import Image
+
+    from kdflow.datasets.idx import DEBIAN_FASHION, read_idx
+
+    rng = np.random.default_rng(seed)
+    x = read_idx(DEBIAN_FASHION / "train-images-idx3-ubyte.gz")
+    y = read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz")
+    counts = {}
+    for split, n in (("train", per_class), ("test", max(per_class // 3, 10))):
+        for c in range(10):
+            pool = np.flatnonzero(y == c)
+            picks = rng.choice(pool, n, replace=False)
+            y[picks] = 255  # never reused by the other split
+            folder = out / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, k in enumerate(picks):
+                size = int(rng.integers(20, 49))
+                tint = rng.uniform(0.4, 1.0, 3)
+                rgb = (x[k][..., None] * tint[None, None, :]).astype(np.uint8)
+                Image.fromarray(rgb).resize((size, size)).save(folder / f"{i}.png")
+        counts[split] = 10 * n
+    return counts
+
+
+def env() -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    return {**keep, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def dict_at(keys: list[str], leaf: dict) -> dict:
+    return leaf if not keys else {keys[0]: dict_at(keys[1:], leaf)}
+
+
+def run_pipeline(repo: Path, params: dict) -> dict[str, float]:
+    """Each stage of `dvc repro`, in order, timed on its own (``dvc repro -s``)."""
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    names = subprocess.run(
+        [str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=repo, env=env(),
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    seconds = {}
+    for name in names:
+        t0 = time.perf_counter()
+        subprocess.run([str(BIN / "dvc"), "repro", "-s", name], cwd=repo, env=env(), check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        seconds[name] = time.perf_counter() - t0
+        print(f"  {name}: {seconds[name]:.1f}s", flush=True)
+    return seconds
+
+
+def correct(repo: Path) -> dict[str, np.ndarray]:
+    """Per test image: is each model right (old task for the trained models, new for transfers)."""
+    from kdflow.checkpoint import load_model
+    from kdflow.metrics import predict
+    from kdflow.tasks import load_task
+
+    old, new = load_task(repo / "data/prepared/old"), load_task(repo / "data/prepared/new")
+    out = {}
+    for path in sorted((repo / "models").rglob("*.pt")):
+        name = path.relative_to(repo / "models").with_suffix("").as_posix()
+        task = new if name.startswith("transfer/") else old
+        model, _ = load_model(path, name, None, None)
+        x, y = task["test"]
+        out[name] = (predict(model.eval(), x).argmax(1) == y).numpy()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="torchvision:resnet18")
+    ap.add_argument("--student", default="timm:mobilenetv3_small_050")
+    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
+    args = ap.parse_args()
+    from kdflow.stats import mcnemar_exact
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        counts = make_folder(folder, args.per_class)
+        base = yaml.safe_load((ROOT / "params.yaml").read_text())
+        own = {"data": {"dataset": "imagefolder", "root": str(folder), "image_size": 32},
+               "models": {"teacher": {"arch": args.teacher}, "student": {"arch": args.student}},
+               "evaluate": {"onnx": False}}  # fmt: skip
+        base = merge(base, own)
+        for key, value in parse_sets(args.set).items():  # dotted keys, as dvc exp run -S
+            *outer, last = key.split(".")
+            base = merge(base, dict_at(outer, {last: value}))
+        runs, right = {}, {}
+        for label, update in (("early stopping", {}), ("budgets off", OFF)):
+            repo = Path(tmp) / label.replace(" ", "_")
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+            print(f"[own_case] {label}:", flush=True)
+            runs[label] = run_pipeline(repo, merge(base, update))
+            right[label] = correct(repo)
+    on, off = right["early stopping"], right["budgets off"]
+    rows = []
+    for name in sorted(on):
+        b, c, p = mcnemar_exact(on[name], off[name])
+        rows.append({"model": name, "acc early stop": float(on[name].mean()),
+                     "acc budgets off": float(off[name].mean()), "only early stop right": b,
+                     "only budgets off right": c, "McNemar p": p})  # fmt: skip
+    total = {k: sum(v.values()) for k, v in runs.items()}
+    stages = [{"stage": s, "early stop s": runs["early stopping"][s],
+               "budgets off s": runs["budgets off"][s]} for s in runs["early stopping"]]  # fmt: skip
+    print(table(stages))
+    print(f"total: {total['early stopping']:.0f}s with early stopping, "
+          f"{total['budgets off']:.0f}s without ({total['early stopping'] / total['budgets off']:.2f}x)")  # fmt: skip
+    print(table(rows))
+    path = save("own_case", {"teacher": args.teacher, "student": args.student, "images": counts,
+                             "seconds": runs, "total_seconds": total, "accuracy": rows,
+                             "sets": args.set})  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
