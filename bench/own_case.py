@@ -40,7 +40,7 @@ def make_folder(out: Path, per_class: int, seed: int = 0) -> dict[str, int]:
 
     rng = np.random.default_rng(seed)
     x = read_idx(DEBIAN_FASHION / "train-images-idx3-ubyte.gz")
-    y = read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz")
+    y = read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz").copy()
     counts = {}
     for split, n in (("train", per_class), ("test", max(per_class // 3, 10))):
         for c in range(10):
