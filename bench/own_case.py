@@ -85,8 +85,9 @@ def run_pipeline(repo: Path, params: dict) -> dict[str, float]:
     seconds = {}
     for name in names:
         t0 = time.perf_counter()
-        subprocess.run([str(BIN / "dvc"), "repro", "-s", name], cwd=repo, env=env(), check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        with open(repo / "stages.log", "a") as log:  # progress lines: the clone's stages.log
+            subprocess.run([str(BIN / "dvc"), "repro", "-s", name], cwd=repo, env=env(),
+                           check=True, stdout=log, stderr=log)  # fmt: skip
         seconds[name] = time.perf_counter() - t0
         print(f"  {name}: {seconds[name]:.1f}s", flush=True)
     return seconds
@@ -101,6 +102,8 @@ def correct(repo: Path) -> dict[str, np.ndarray]:
     old, new = load_task(repo / "data/prepared/old"), load_task(repo / "data/prepared/new")
     out = {}
     for path in sorted((repo / "models").rglob("*.pt")):
+        if "export" in path.parts:
+            continue
         name = path.relative_to(repo / "models").with_suffix("").as_posix()
         task = new if name.startswith("transfer/") else old
         model, _ = load_model(path, name, None, None)
