@@ -54,6 +54,17 @@ def test_training_stops_when_validation_stops_improving(digits_dir: Path) -> Non
     assert len(full.history) == run + 3 and not full.stopped_early
 
 
+def test_cooldown_anneals_before_stopping(digits_dir: Path) -> None:
+    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, cooldown=3,
+                      schedule="constant", **CPU)  # fmt: skip
+    _, result = _fit(cfg, digits_dir)
+    lrs = [h["lr"] for h in result.history]
+    assert result.stopped_early and len(lrs) < 200
+    assert lrs[-1] == 0.0 and lrs[-4] == 0.05  # constant, then 3 epochs falling to 0
+    assert lrs[-3] > lrs[-2] > lrs[-1]
+    assert plateaued([h["val_accuracy"] for h in result.history[:-3]], 2)  # it began there
+
+
 def test_max_steps_is_a_ceiling(digits_dir: Path) -> None:
     cfg = TrainConfig(epochs=50, batch_size=64, select="last", max_steps=7, **CPU)
     trainer, result = _fit(cfg, digits_dir)
@@ -62,7 +73,8 @@ def test_max_steps_is_a_ceiling(digits_dir: Path) -> None:
 
 
 def test_early_stopping_resumes_where_it_stopped(digits_dir: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, **CPU)
+    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, cooldown=2,
+                      **CPU)  # fmt: skip
     task = load_task(digits_dir / "old")
     x, _ = task["train"]
 

@@ -87,3 +87,40 @@ def plateaued(scores: list[float], patience: int | None, min_delta: float = 0.0)
         if s > best + min_delta:
             best, last = s, i
     return len(scores) - 1 - last >= patience
+
+
+class Cooldown:
+    """After validation stops improving, the learning rate falls linearly to 0 over a few
+    epochs before the run stops, so an early-stopped run ends annealed, like a full schedule
+    (warmup-stable-decay style). A resume part: an interrupted cool-down goes on."""
+
+    optional = True  # checkpoints written before it existed restore "not cooling"
+
+    def __init__(self) -> None:
+        self.start_lrs: list[float] | None = None
+        self.steps = self.done = 0
+
+    @property
+    def active(self) -> bool:
+        return self.start_lrs is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.active and self.done >= self.steps
+
+    def begin(self, optimizer: torch.optim.Optimizer, steps: int) -> None:
+        self.start_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.steps, self.done = max(steps, 1), 0
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.done += 1
+        scale = max(0.0, 1.0 - self.done / self.steps)
+        for group, lr in zip(optimizer.param_groups, self.start_lrs or [], strict=True):
+            group["lr"] = lr * scale
+
+    def state_dict(self) -> dict[str, object]:
+        return {"start_lrs": self.start_lrs, "steps": self.steps, "done": self.done}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.start_lrs = state["start_lrs"]  # type: ignore[assignment]
+        self.steps, self.done = int(state["steps"]), int(state["done"])  # type: ignore[call-overload]

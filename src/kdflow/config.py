@@ -75,6 +75,7 @@ class TrainConfig(Section):
     # for `patience` epochs (null: train the whole budget)
     patience: int | None = Field(None, ge=1)
     min_delta: float = Field(0.0, ge=0.0, lt=1.0)
+    cooldown: int = Field(0, ge=0)  # then epochs of learning rate falling to 0 before stopping
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdflow.budget import Budget, plateaued
+from kdflow.budget import Budget, Cooldown, plateaued
 from kdflow.config import TrainConfig
 from kdflow.data import Feed, TensorBatches
 from kdflow.distributed import (
@@ -105,6 +105,7 @@ class Trainer:
         parts = {"model": self.model, "objective": self.objective}
         parts.update(optimizer=self.optimizer, scheduler=self.scheduler)
         parts["objective_extra"] = ObjectiveExtra(self.objective)  # e.g. a discriminator's Adam
+        self.cooldown = parts["cooldown"] = Cooldown()
         self.resume = (
             ResumeCheckpoint(ckpt_dir, fingerprint, world_size(), parts, self.progress.say)
             if ckpt_dir
@@ -146,7 +147,10 @@ class Trainer:
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip
             )
         self.optimizer.step()
-        self.scheduler.step()
+        if self.cooldown.active:  # validation stopped improving: the rate falls to 0
+            self.cooldown.step(self.optimizer)
+        else:
+            self.scheduler.step()
         return loss, logits, parts
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -192,7 +196,7 @@ class Trainer:
                 for i, m in enumerate(history):
                     self.on_epoch(m, i)
         t0 = time.perf_counter()
-        epochs, stopped = self.budget.passes, self._plateaued(history)
+        epochs, stopped = self.budget.passes, self._stop(history)
         for epoch in range(start_epoch, epochs):
             if stopped:
                 break
@@ -205,16 +209,13 @@ class Trainer:
             if self.val is not None and score > best["score"]:
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 best = {"epoch": epoch, "score": score, "state": state}
-            stopped = self._plateaued(history)
+            stopped = self._stop(history)
             left = 0 if stopped else epochs - epoch - 1
             self.progress.epoch(
                 epoch, epochs, metrics, eta(time.perf_counter() - t0, epoch + 1 - start_epoch, left)
             )
             if stopped:
-                self.progress.say(
-                    f"stopping early after epoch {epoch + 1}: validation accuracy has not improved "
-                    f"by more than {self.cfg.min_delta:g} for {self.cfg.patience} epochs"
-                )
+                self.progress.say(f"stopping early after epoch {epoch + 1}")
             if self.resume is not None and is_main():
                 self.resume.save(epoch + 1, history, best)
             barrier()
@@ -227,12 +228,25 @@ class Trainer:
         seconds = time.perf_counter() - t0
         return FitResult(history, best_epoch, seconds, start_epoch, stopped)
 
-    def _plateaued(self, history: list[dict[str, float]]) -> bool:
-        """Early stopping needs a validation split (transfer holds out some shots for it)."""
+    def _stop(self, history: list[dict[str, float]]) -> bool:
+        """Early stopping (it needs a validation split; transfer holds out shots for it):
+        once validation stops improving, cool the learning rate down, then stop."""
+        if self.cooldown.active:
+            return self.cooldown.finished
         if self.val is None:
             return False
         scores = [h["val_accuracy"] for h in history]
-        return plateaued(scores, self.cfg.patience, self.cfg.min_delta)
+        if not plateaued(scores, self.cfg.patience, self.cfg.min_delta):
+            return False
+        if self.cfg.cooldown and len(history) < self.budget.passes:
+            self.cooldown.begin(self.optimizer, self.cfg.cooldown * self.budget.steps)
+            self.progress.say(
+                f"validation accuracy has not improved by more than {self.cfg.min_delta:g} for "
+                f"{self.cfg.patience} epochs: the learning rate falls to 0 over "
+                f"{self.cfg.cooldown} more, then training stops"
+            )
+            return False
+        return True
 
     def finish(self) -> None:
         """Drop the resume checkpoint once the stage's outputs are safely written."""
