@@ -2,7 +2,7 @@
 each with ``compute.threads`` = its share of the cores, against the same two run one after the
 other with every core each (what ``dvc exp run`` does without a queue).
 
-    python bench/queue.py [--set key=value ...]
+    python bench/parallel.py [--set key=value ...]
 
 A clean clone runs the pipeline once (the experiments' common base, not timed), then the two
 experiments (``distill.methods.kd.temperature`` 2 and 4: distill, transfer and evaluate re-run)
@@ -95,7 +95,7 @@ def main() -> None:
             {"how": f"dvc queue start -j {args.jobs}", "threads": share, "seconds": parallel}]  # fmt: skip
     print(table(rows))
     print(f"queued / sequential: {parallel / sequential:.2f}")
-    path = save("queue", {"rows": rows, "ratio": parallel / sequential, "sets": args.set,
+    path = save("parallel", {"rows": rows, "ratio": parallel / sequential, "sets": args.set,
                           "experiments": EXPERIMENTS, "exp_show_csv": shown})  # fmt: skip
     print(f"wrote {path}")
 
