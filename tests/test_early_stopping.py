@@ -65,6 +65,14 @@ def test_cooldown_anneals_before_stopping(digits_dir: Path) -> None:
     assert plateaued([h["val_accuracy"] for h in result.history[:-3]], 2)  # it began there
 
 
+def test_no_stopping_before_the_warm_up_share(digits_dir: Path) -> None:
+    cfg = TrainConfig(epochs=40, batch_size=64, lr=0.05, select="best", patience=1, **CPU)
+    _, quick = _fit(cfg, digits_dir)
+    _, warm = _fit(cfg.model_copy(update={"stop_after": 0.5}), digits_dir)
+    assert len(quick.history) < 20 <= len(warm.history)  # 0.5 of 40 epochs come first
+    assert warm.stopped_early and len(warm.history) < 40
+
+
 def test_max_steps_is_a_ceiling(digits_dir: Path) -> None:
     cfg = TrainConfig(epochs=50, batch_size=64, select="last", max_steps=7, **CPU)
     trainer, result = _fit(cfg, digits_dir)

@@ -76,6 +76,9 @@ class TrainConfig(Section):
     patience: int | None = Field(None, ge=1)
     min_delta: float = Field(0.0, ge=0.0, lt=1.0)
     cooldown: int = Field(0, ge=0)  # then epochs of learning rate falling to 0 before stopping
+    # share of the budget always trained before early stopping may stop: a warm-up for slow
+    # starters, whose validation accuracy sits at chance for a while
+    stop_after: float = Field(0.0, ge=0.0, le=1.0)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)

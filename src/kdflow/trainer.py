@@ -233,7 +233,7 @@ class Trainer:
         once validation stops improving, cool the learning rate down, then stop."""
         if self.cooldown.active:
             return self.cooldown.finished
-        if self.val is None:
+        if self.val is None or len(history) < self.cfg.stop_after * self.budget.passes:
             return False
         scores = [h["val_accuracy"] for h in history]
         if not plateaued(scores, self.cfg.patience, self.cfg.min_delta):
