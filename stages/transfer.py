@@ -1,4 +1,5 @@
-"""DVC stage `transfer@<strategy>`: carry the source model to the new task, measure retention."""
+"""DVC stages `transfer@<source>-<strategy>` and `transfer-scratch`: carry a source model to the
+new task and measure what it kept of the old one (the scratch baseline takes no source)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ def main() -> None:
     ap.add_argument("strategy")
     ap.add_argument("--old", required=True, help="prepared old task")
     ap.add_argument("--new", required=True, help="prepared new task")
-    ap.add_argument("--source", required=True, help="checkpoint carried to the new task")
+    ap.add_argument("--source-name", help="which model --source is: distilled, teacher, student")
+    ap.add_argument("--source", help="checkpoint carried to the new task (not for scratch)")
     StagePaths.add_arguments(ap)
     args = ap.parse_args()
     paths = StagePaths.from_args(args)
-    run_transfer(args.strategy, args.params, args.old, args.new, args.source, paths)
+    run_transfer(
+        args.strategy, args.params, args.old, args.new, args.source, paths, args.source_name
+    )
 
 
 if __name__ == "__main__":

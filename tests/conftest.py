@@ -17,6 +17,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# What the tiny pipeline (tiny_params) transfers: each source with each strategy, plus scratch.
+SOURCES = ("distilled", "teacher")
+STRATEGIES = ("linear_probe", "finetune", "lp_ft", "lwf")
+TRANSFERS = [f"{src}-{s}" for src in SOURCES for s in STRATEGIES]  # models/transfer/<name>.pt
+TRANSFER_STAGES = {f"transfer@{t}" for t in TRANSFERS} | {"transfer-scratch"}
+
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -49,6 +55,7 @@ def tiny_params() -> dict:
     ):
         section.update(epochs=4, batch_size=64, min_steps=0)
     params["transfer"]["train"].update(epochs=6, batch_size=32, min_steps=30)
+    params["transfer"].update(source=list(SOURCES), strategies=list(STRATEGIES))
     params["evaluate"].update(latency_repeats=5, throughput_batch=64)
     return params
 
@@ -93,26 +100,33 @@ def stage_env(repo: Path, **extra: str) -> dict[str, str]:
 
 
 def stage_argv(repo: Path, script: str, *rest: str) -> list[str]:
-    """The arguments dvc.yaml gives ``script`` (with ``rest[0]`` as a foreach item).
+    """The arguments dvc.yaml gives ``script`` (with ``rest[0]`` as a foreach item or a matrix
+    key such as ``distilled-lwf``; ``stages/transfer.py scratch`` is stage ``transfer-scratch``).
 
-    Tests run stages exactly as DVC would, paths included, without going through DVC.
+    Tests run stages exactly as DVC would, paths included, without going through DVC. Matrix
+    keys are split, not looked up in params.yaml: it may be broken on purpose (bad-input tests).
     """
     import shlex
 
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     name = Path(script).stem
-    stage = spec["stages"][name]
-    cmd, extra = (
-        (stage["do"]["cmd"], list(rest[1:])) if "do" in stage else (stage["cmd"], list(rest))
-    )
-    if "do" in stage:
-        cmd = cmd.replace("${item}", rest[0])
+    stages = spec["stages"]
+    if rest and f"{name}-{rest[0]}" in stages:  # a plain stage named for its item
+        cmd, extra = stages[f"{name}-{rest[0]}"]["cmd"], list(rest[1:])
+    elif "do" in stages[name]:  # foreach
+        cmd, extra = stages[name]["do"]["cmd"].replace("${item}", rest[0]), list(rest[1:])
+    elif "matrix" in stages[name]:  # DVC joins the values of the matrix keys with "-"
+        keys = list(stages[name]["matrix"])
+        values = rest[0].split("-", len(keys) - 1)
+        assert len(values) == len(keys), (rest[0], keys)
+        cmd, extra = stages[name]["cmd"], list(rest[1:])
+        for key, value in zip(keys, values, strict=True):
+            cmd = cmd.replace("${item." + key + "}", value)
+    else:
+        cmd, extra = stages[name]["cmd"], list(rest)
     for block in spec.get("vars", []):
         for key, value in block.items():
             cmd = cmd.replace("${" + key + "}", str(value))
-    if "${transfer.source}" in cmd:  # params.yaml may be broken on purpose (bad-input tests)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        cmd = cmd.replace("${transfer.source}", params["transfer"]["source"])
     assert "${" not in cmd, cmd
     return shlex.split(cmd)[1:] + extra
 
@@ -143,7 +157,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # 14 stages (two transfer sources): minutes on a busy 2-core machine
         env=stage_env(repo),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -58,9 +58,39 @@ def test_transfer_lr_reaches_strategies_without_their_own() -> None:
     assert p.transfer.options_for("finetune")["lr"] == 0.03  # its own, chosen by CV
 
 
+def test_transfer_source_is_a_list_and_a_single_name_still_reads() -> None:
+    assert parse_params({}).transfer.source == ["distilled", "teacher"]
+    assert parse_params({"transfer": {"source": "teacher"}}).transfer.source == ["teacher"]
+    both = parse_params({"transfer": {"source": ["teacher", "student", "distilled"]}})
+    assert both.transfer.source == ["teacher", "student", "distilled"]  # order kept: first leads
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["transfer"]["source"] == ["distilled", "teacher"]  # a list: dvc.yaml's matrix
+    assert "scratch" not in raw["transfer"]["strategies"]  # its own stage, transfer-scratch
+    # the scratch baseline's options are filled in although no strategy list names it
+    assert parse_params({}).transfer.options_for("scratch")["lr"] == 0.03
+
+
 @pytest.mark.parametrize(
     ("raw", "needles"),
     [
+        (
+            {"transfer": {"source": ["distilled", "techer"]}},
+            [
+                "transfer.source = ['distilled', 'techer']",
+                "unknown source 'techer'",
+                "allowed: distilled, teacher, student",
+            ],
+        ),
+        (
+            {"transfer": {"source": "studnet"}},
+            ["transfer.source = 'studnet'", "unknown source 'studnet'", "distilled, teacher"],
+        ),
+        ({"transfer": {"source": []}}, ["transfer.source = []", "at least 1"]),
+        ({"transfer": {"source": ["teacher", "teacher"]}}, ["transfer.source", "distinct"]),
+        (
+            {"transfer": {"strategies": ["scratch", "lwf"]}},
+            ["transfer.strategies", "lists 'scratch'", "transfer-scratch", "remove"],
+        ),
         ({"data": {"old_classes": [0, 0, 11]}}, ["data.old_classes", "distinct"]),
         ({"data": {"val_fraction": 1.5}}, ["data.val_fraction", "1.5", "less than 1"]),
         (

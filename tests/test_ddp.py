@@ -68,7 +68,7 @@ def test_compute_section_runs_the_pipeline_on_two_processes(tmp_path: Path) -> N
         params["compute"]["nproc_per_node"] = procs
         repo = make_repo(tmp_path / f"p{procs}", params)
         proc = subprocess.run(
-            [str(BIN / "dvc"), "repro", "transfer@finetune"], cwd=repo, capture_output=True,
+            [str(BIN / "dvc"), "repro", "transfer@distilled-finetune"], cwd=repo, capture_output=True,
             text=True, timeout=900, env=stage_env(repo),
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -83,7 +83,7 @@ def test_compute_section_runs_the_pipeline_on_two_processes(tmp_path: Path) -> N
         return out
 
     one, two = finals(1), finals(2)
-    stages = {"train@teacher", "train@student", "distill", "transfer@finetune"}
+    stages = {"train@teacher", "train@student", "distill", "transfer@distilled-finetune"}
     assert set(two) == set(one) == stages, (one, two)
     for stage in stages:
         assert two[stage][0] == "2" and one[stage][0] == "1", (stage, two[stage], one[stage])

@@ -273,15 +273,18 @@ def _write_models(repo: Path, data: Path, models: dict[str, nn.Module]) -> None:
     for role, spec in specs.items():
         net = models["teacher" if role == "teacher" else "student"]
         save_model(repo / f"models/{role}.pt", net, model_meta(spec, old, role=role))
-    for strategy in ("scratch", "linear_probe"):
-        net, _ = load_model(repo / "models/distilled.pt")
+    # the scratch baseline (no source), and linear_probe from the distilled student and teacher
+    for name, source in (("scratch", None), ("distilled-linear_probe", "distilled"),
+                         ("teacher-linear_probe", "teacher")):  # fmt: skip
+        net, ckpt = load_model(repo / f"models/{source or 'student'}.pt")
         meta = model_meta(
-            {**SPEC_S, "kind": "transfer", "new_classes": new.num_classes},
+            {**ckpt["spec"], "kind": "transfer", "new_classes": new.num_classes},
             old,
-            strategy=strategy,
-            from_scratch=strategy == "scratch",
+            strategy=name.rsplit("-", 1)[-1],
+            source=source,
+            from_scratch=source is None,
         )
-        save_model(repo / f"models/transfer/{strategy}.pt", TransferNet(net, new.num_classes), meta)
+        save_model(repo / f"models/transfer/{name}.pt", TransferNet(net, new.num_classes), meta)
     (repo / "plots").mkdir()
     (repo / "plots/teacher.csv").write_text(
         "epoch,train_loss,train_accuracy,val_accuracy\n1,1.2,0.6,0.7\n2,0.5,0.9,0.92\n"
@@ -295,7 +298,7 @@ def test_evaluate_stage_end_to_end(
     _write_models(repo, data, models)
     params = {
         "data": {"dataset": "digits", "shots_per_class": 20},
-        "transfer": {"strategies": ["scratch", "linear_probe"], "source": "distilled"},
+        "transfer": {"strategies": ["linear_probe"], "source": ["distilled", "teacher"]},
         "evaluate": {"ece_bins": 10, "latency_repeats": 3, "throughput_batch": 32, "threads": 1},
         "tracking": {
             "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -309,14 +312,11 @@ def test_evaluate_stage_end_to_end(
              for a in ("--model", f"{role}=models/{role}.pt")]  # fmt: skip
     argv += [a for name in ("teacher", "student", "distill")
              for a in ("--curve", f"{name}=plots/{name}.csv")]  # fmt: skip
-    argv += [
-        "--transfer-model",
-        "models/transfer/{strategy}.pt",
-        "--transfer-curve",
-        "plots/transfer/{strategy}.csv",
-        "--metrics",
-        "metrics/evaluate.json",
-    ]
+    argv += ["--transfer-model", "models/transfer/{source}-{strategy}.pt",
+             "--scratch-model", "models/transfer/scratch.pt",
+             "--transfer-curve", "plots/transfer/{source}-{strategy}.csv",
+             "--scratch-curve", "plots/transfer/scratch.csv",
+             "--metrics", "metrics/evaluate.json"]  # fmt: skip
     argv += ["--reports", "reports", "--export", "models/export", "--timings", "timings"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "stages" / "evaluate.py"), *argv],
@@ -371,6 +371,43 @@ def test_evaluate_stage_end_to_end(
     assert set(rel["model"]) == {"teacher", "student", "distilled"}
     summary = (repo / "reports/summary.md").read_text()
     assert f"{d['compression']:.1f}× fewer parameters" in summary
+    # the source table: linear_probe from each source, paired on the same new-task images
+    row = m["transfer_sources"]["linear_probe"]
+    assert set(row) == {"distilled", "teacher", "distilled_vs_teacher"}
+    assert row["distilled"]["new_task_accuracy"] == m["new_task"]["linear_probe"]["accuracy"]
+    assert row["distilled"]["old_task_accuracy"] == pytest.approx(d["accuracy"])  # untouched
+    assert row["teacher"]["old_task_accuracy"] == pytest.approx(
+        m["old_task"]["teacher"]["accuracy"]
+    )
+    assert row["teacher"]["retention"] == pytest.approx(1.0)
+    test = row["distilled_vs_teacher"]
+    assert test["accuracy_a"] == pytest.approx(row["distilled"]["new_task_accuracy"])
+    assert test["accuracy_b"] == pytest.approx(row["teacher"]["new_task_accuracy"])
+    assert 0 <= test["mcnemar_p"] <= 1
+    line = next(x for x in summary.splitlines() if x.startswith("| linear_probe") and "(" in x)
+    assert f"{test['difference'] * 100:+.2f}" in line and f"{test['mcnemar_p']:.3g}" in line
+    assert "new-task accuracy: teacher" in summary
+
+
+def test_evaluate_refuses_a_transfer_from_another_source(
+    models: dict[str, nn.Module], data: Path, tmp_path: Path
+) -> None:
+    from kdflow.errors import KdflowError
+    from kdflow.evaluate import evaluate_transfers
+    from kdflow.pipeline.evaluate import EvaluatePaths
+
+    _write_models(tmp_path, data, models)
+    old, new = load_task(data / "old"), load_task(data / "new")
+    folder = tmp_path / "models/transfer"
+    wrong = {"a": folder / "distilled-linear_probe.pt", "b": folder / "teacher-linear_probe.pt"}
+    with pytest.raises(KdflowError, match="carried from the teacher, not the distilled"):
+        evaluate_transfers(wrong, new, old, 0.9, 10, source="distilled")
+    paths = EvaluatePaths({}, "models/transfer/{strategy}.pt", Path("s.pt"), {}, "{strategy}",
+                          Path("s.csv"), Path("m"), Path("r"), Path("e"), Path("t"))  # fmt: skip
+    with pytest.raises(KdflowError, match=r"has no \{source\}"):
+        paths.transfers(["distilled", "teacher"], ["lwf"])
+    one = paths.transfers(["distilled"], ["lwf"])  # one source: the older pattern still reads
+    assert one == {"distilled": {"lwf": Path("models/transfer/lwf.pt")}}
 
 
 # ---------------------------------------------------------------- kdflow compare

@@ -15,11 +15,9 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import BIN, stage_env
+from tests.conftest import BIN, TRANSFER_STAGES, stage_env
 
-STAGES = {"train@teacher", "train@student", "distill", "evaluate"} | {
-    f"transfer@{s}" for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf")
-}
+STAGES = {"train@teacher", "train@student", "distill", "evaluate"} | TRANSFER_STAGES
 
 
 def sh(repo: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -77,10 +75,18 @@ def test_downstream_runs_carry_upstream_params_and_output_hashes(
 ) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
     _, children = first_pipeline
-    lwf = next(r for r in children if r.data.tags["kdflow.stage"] == "transfer@lwf")
+    lwf = next(r for r in children if r.data.tags["kdflow.stage"] == "transfer@distilled-lwf")
     p = lwf.data.params
     assert p["source.distill.method"] == "kd" and p["source.teacher.model.width"] == "16"
-    assert p["transfer.strategy"] == "lwf"
+    assert p["transfer.strategy"] == "lwf" and p["transfer.source"] == "distilled"
+    from_teacher = next(
+        r for r in children if r.data.tags["kdflow.stage"] == "transfer@teacher-lwf"
+    )
+    assert from_teacher.data.params["transfer.source"] == "teacher"
+    assert from_teacher.data.params["source.model.width"] == "16"  # the teacher's own params
+    scratch = next(r for r in children if r.data.tags["kdflow.stage"] == "transfer-scratch")
+    assert "transfer.source" not in scratch.data.params  # no source: nothing upstream
+    assert not any(k.startswith("source.") for k in scratch.data.params)
     lock = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())["stages"]
     want = {o["path"]: o["md5"] for o in lock["distill"]["outs"]}["models/distilled.pt"]
     distill = next(r for r in children if r.data.tags["kdflow.stage"] == "distill")
@@ -94,7 +100,9 @@ def test_lock_alias_is_the_checked_out_model(pipeline_repo: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
     for role, path in (
         ("distilled", "models/distilled.pt"),
-        ("transfer-lwf", "models/transfer/lwf.pt"),
+        ("transfer-distilled-lwf", "models/transfer/distilled-lwf.pt"),
+        ("transfer-teacher-lwf", "models/transfer/teacher-lwf.pt"),
+        ("transfer-scratch", "models/transfer/scratch.pt"),
     ):
         version = c.get_model_version_by_alias(f"kdflow-{role}", "lock")
         assert c.get_run(version.run_id).data.tags["kdflow.output.md5"] == md5(pipeline_repo / path)
@@ -152,9 +160,10 @@ def test_lock_model_loads_as_pyfunc_and_serves(pipeline_repo: Path) -> None:
 
 
 def test_compare_finds_stages_by_dvc_name(pipeline_repo: Path) -> None:
-    proc = sh(pipeline_repo, "kdflow", "compare", "--stage", "transfer@lwf", "--format", "csv")
+    stage = "transfer@teacher-lwf"
+    proc = sh(pipeline_repo, "kdflow", "compare", "--stage", stage, "--format", "csv")
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) >= 2 and "transfer@lwf" in lines[1]
+    assert len(lines) >= 2 and stage in lines[1]
 
 
 def test_dirty_flag_ignores_only_what_dvc_manages(tmp_path: Path, monkeypatch) -> None:
@@ -210,12 +219,12 @@ def test_copied_repo_leaves_the_original_artifact_root_alone(
     """The original's artifact root still exists: the copy's store is not rewritten (only a
     moved store whose root is gone is: tests/test_store_safety.py); its runs stay readable."""
     before = hashlib.md5((pipeline_repo / "mlflow.db").read_bytes()).hexdigest()
-    sh(copy, "dvc", "repro", "-f", "-s", "transfer@linear_probe")
-    (new,) = runs(copy, "tags.`kdflow.stage` = 'transfer@linear_probe'")[:1]
+    sh(copy, "dvc", "repro", "-f", "-s", "transfer@distilled-linear_probe")
+    (new,) = runs(copy, "tags.`kdflow.stage` = 'transfer@distilled-linear_probe'")[:1]
     root = (pipeline_repo.resolve() / "mlartifacts").as_uri()
     assert new.info.artifact_uri.startswith(root + "/")
     logged = Path(new.info.artifact_uri.removeprefix("file://"))
-    assert (logged / "linear_probe.json").is_file()
+    assert (logged / "distilled-linear_probe.json").is_file()
     old = runs(copy, "tags.`kdflow.stage` = 'train@teacher'")[0]  # older runs: not rewritten
     assert old.info.artifact_uri.startswith(root + "/")
     assert not (copy / "mlartifacts/.kdflow-backups").exists()
@@ -260,19 +269,19 @@ def test_queued_experiments_land_in_the_repos_store(copy: Path) -> None:
         )
     sh(copy, "dvc", "exp", "run", "--run-all", timeout=1200)
     assert not list((copy / ".dvc/tmp/exps").glob("**/mlflow.db"))
-    rerun = {f"transfer@{s}" for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf")}
+    rerun = TRANSFER_STAGES  # every transfer depends on transfer.options
     for name, lam in (("qa", 0.1), ("qb", 0.5)):
         found = runs(copy, f"tags.`kdflow.dvc_exp` = '{name}'")
         stages = {r.data.tags["kdflow.stage"] for r in found}
         assert rerun | {"evaluate", "pipeline"} <= stages, (name, stages)
-        lwf = next(r for r in found if r.data.tags["kdflow.stage"] == "transfer@lwf")
+        lwf = next(r for r in found if r.data.tags["kdflow.stage"] == "transfer@distilled-lwf")
         assert float(lwf.data.params["transfer.lambda_old"]) == lam
         assert all(r.data.tags["kdflow.git_dirty"] == "false" for r in found)
         assert all(r.data.tags["kdflow.baseline_commit"] for r in found)
         assert all(r.info.status == "FINISHED" for r in found)
     # kdflow compare puts the two experiments side by side (./params.yaml names the store)
-    proc = sh(copy, "kdflow", "compare", "--exp", "qa", "--exp", "qb", "--stage", "transfer@lwf",
-              "--format", "csv")  # fmt: skip
+    proc = sh(copy, "kdflow", "compare", "--exp", "qa", "--exp", "qb", "--stage",
+              "transfer@distilled-lwf", "--format", "csv")  # fmt: skip
     header, *rows = proc.stdout.strip().splitlines()
     exp_col = header.split(",").index("dvc_exp")
     assert sorted(r.split(",")[exp_col] for r in rows) == ["qa", "qb"], proc.stdout

@@ -6,9 +6,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import BIN, stage_env
+from tests.conftest import BIN, SOURCES, STRATEGIES, TRANSFERS, stage_env
 
 
 def dvc(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -39,11 +40,13 @@ def test_repro_produces_every_output(pipeline_repo: Path) -> None:
         "metrics/evaluate.json",
     ]:
         assert (r / path).is_file(), path
-    for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf"):
-        assert (r / "models" / "transfer" / f"{s}.pt").is_file(), s
-        m = json.loads((r / "metrics" / "transfer" / f"{s}.json").read_text())
+    for t in ["scratch", *TRANSFERS]:  # one model and metrics file per source and strategy
+        assert (r / "models" / "transfer" / f"{t}.pt").is_file(), t
+        assert (r / "plots" / "transfer" / f"{t}.csv").is_file(), t
+        m = json.loads((r / "metrics" / "transfer" / f"{t}.json").read_text())
         assert 0 <= m["new_task"]["accuracy"] <= 1
-        assert (m["old_task"]["accuracy"] is None) == (s == "scratch")
+        assert (m["old_task"]["accuracy"] is None) == (t == "scratch")
+        assert m["source"] == (None if t == "scratch" else t.split("-")[0]), (t, m["source"])
     teacher = json.loads((r / "metrics/teacher.json").read_text())
     assert {"test", "val", "params", "epochs"} <= set(teacher)
     assert "train_seconds" not in teacher  # timings are kept out of DVC-tracked files
@@ -52,7 +55,7 @@ def test_repro_produces_every_output(pipeline_repo: Path) -> None:
     assert {"agreement", "kl_to_teacher", "accuracy"} <= set(distill["test"])
     assert len((r / "plots/teacher.csv").read_text().splitlines()) == 1 + 4
     # the linear probe is solved, with its L2 strength chosen by cross-validation
-    probe = json.loads((r / "metrics/transfer/linear_probe.json").read_text())["solved"]
+    probe = json.loads((r / "metrics/transfer/distilled-linear_probe.json").read_text())["solved"]
     assert probe["linear_probe"]["cv_folds"] == 5 and probe["linear_probe"]["C"] > 0
     # paired tests on the same test images, in the metrics and in the report
     tests = json.loads((r / "metrics/evaluate.json").read_text())["significance"]
@@ -61,6 +64,57 @@ def test_repro_produces_every_output(pipeline_repo: Path) -> None:
         assert 0 <= t["mcnemar_p"] <= 1 and t["ci95_low"] <= t["difference"] <= t["ci95_high"]
     summary = (r / "reports/summary.md").read_text()
     assert "McNemar p" in summary and "distilled vs student" in summary
+
+
+def test_source_table_compares_each_strategy_across_sources(pipeline_repo: Path) -> None:
+    """metrics/evaluate.json and the report: each strategy from the distilled student and from
+    the teacher, paired-tested on the same new-task images, with each one's retention."""
+    r = pipeline_repo
+    m = json.loads((r / "metrics/evaluate.json").read_text())
+    table = m["transfer_sources"]
+    assert set(table) == set(STRATEGIES)
+    for strategy, row in table.items():
+        assert set(row) == {*SOURCES, "distilled_vs_teacher"}, row
+        for src in SOURCES:
+            own = json.loads((r / f"metrics/transfer/{src}-{strategy}.json").read_text())
+            for key, value in (("new_task_accuracy", own["new_task"]["accuracy"]),
+                               ("old_task_accuracy", own["old_task"]["accuracy"]),
+                               ("retention", own["old_task"]["retention"])):  # fmt: skip
+                assert row[src][key] == pytest.approx(value, rel=1e-5), (strategy, src, key)
+        test = row["distilled_vs_teacher"]
+        assert test["accuracy_a"] == pytest.approx(row["distilled"]["new_task_accuracy"])
+        assert test["accuracy_b"] == pytest.approx(row["teacher"]["new_task_accuracy"])
+        assert 0 <= test["mcnemar_p"] <= 1 and test["ci95_low"] <= test["difference"]
+    # the per-strategy table is still the first source's (distilled), with scratch
+    assert set(m["new_task"]) == {"scratch", *STRATEGIES}
+    lwf = json.loads((r / "metrics/transfer/distilled-lwf.json").read_text())
+    assert m["new_task"]["lwf"]["accuracy"] == pytest.approx(lwf["new_task"]["accuracy"])
+    summary = (r / "reports/summary.md").read_text()
+    assert "## Transfer from each source" in summary
+    assert "new-task accuracy: teacher" in summary and "McNemar p (distilled vs teacher)" in summary
+
+
+def test_teacher_change_outdates_only_what_depends_on_the_teacher(pipeline_repo: Path) -> None:
+    """A new teacher re-runs train@teacher, distill, every transfer from the teacher or the
+    distilled student, and evaluate; transfer-scratch (no source model) stays up to date."""
+    path = pipeline_repo / "params.yaml"
+    text = path.read_text()
+    params = yaml.safe_load(text)
+    params["models"]["teacher"]["width"] += 4
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = dvc(pipeline_repo, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert set(json.loads(status.stdout or "{}")) == {"train@teacher"}  # its own params
+        # what `dvc repro` would run: the changed stage and everything downstream of it
+        dry = dvc(pipeline_repo, "repro", "--dry", "--force-downstream")
+        assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
+    finally:
+        path.write_text(text)
+    would = {line.split("'")[1] for line in dry.stdout.splitlines() if line.startswith("Running")}
+    transfers = {f"transfer@{t}" for t in TRANSFERS}  # from the teacher, or from distill
+    assert would == {"train@teacher", "distill", "evaluate"} | transfers, would
+    assert "transfer-scratch" not in would and "train@student" not in would
 
 
 def test_second_repro_has_nothing_to_do(pipeline_repo: Path) -> None:
@@ -90,7 +144,7 @@ def test_shots_change_reruns_prepare_transfer_evaluate_only(pipeline_repo: Path)
         line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")
     }
     assert "prepare" in ran and "evaluate" in ran
-    assert {f"transfer@{s}" for s in ("scratch", "lwf")} <= ran
+    assert {"transfer-scratch", "transfer@distilled-lwf", "transfer@teacher-lwf"} <= ran
     assert not ran & {"train@teacher", "train@student", "distill"}, ran
     manifest = json.loads((pipeline_repo / "data/prepared/new/manifest.json").read_text())
     assert set(manifest["per_class"]["train"].values()) == {10}

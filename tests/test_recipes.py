@@ -10,6 +10,7 @@ import yaml
 from kdflow.checkpoint import load_model
 from kdflow.distill import load_teachers
 from kdflow.io import safe_load
+from kdflow.models import model_spec
 from kdflow.params import parse_params
 from kdflow.pipeline.recipes import distilled, trained_role, transferred
 from kdflow.tasks import load_task
@@ -35,7 +36,10 @@ def test_bench_recipes_give_the_stages_weights(pipeline_repo: Path, tmp_path: Pa
     model, _ = distilled(params, old, teachers, hashes, cache_dir=tmp_path)
     _same_weights(model, repo / "models/distilled.pt")
 
-    source, ckpt = load_model(repo / f"models/{params.transfer.source}.pt", "source")
-    for strategy in ("lwf", "scratch"):
-        model = transferred(params, strategy, source, ckpt["spec"], old, new)
-        _same_weights(model, repo / f"models/transfer/{strategy}.pt")
+    for name in params.transfer.source:  # each source's stage
+        source, ckpt = load_model(repo / f"models/{name}.pt", "source")
+        model = transferred(params, "lwf", source, ckpt["spec"], old, new)
+        _same_weights(model, repo / f"models/transfer/{name}-lwf.pt")
+    # scratch: the student's architecture from params, whatever model is handed in
+    model = transferred(params, "scratch", student, model_spec(params.models.student), old, new)
+    _same_weights(model, repo / "models/transfer/scratch.pt")

@@ -147,8 +147,11 @@ CASES = [
     ("unknown-method", set_param("distill.method", "crd"), DISTILL, ["distill.method = 'crd'", "valid: adversarial, at, dist, dkd, fitnet, kd, rkd"], 2),
     ("unknown-arch", set_param("models.student.arch", "resnet9"), STUDENT, ["models.student.arch = 'resnet9'", "resnet8x4"], 2),
     ("unknown-dataset", set_param("data.dataset", "imagenet"), PREPARE, ["data.dataset = 'imagenet'", "fashion_mnist"], 2),
-    ("unknown-strategy", set_param("transfer.strategies", ["lwf", "joint"]), ["stages/transfer.py", "lwf"], ["transfer.strategies", "'joint'", "lp_ft"], 2),
-    ("strategy-not-listed", lambda r: None, ["stages/transfer.py", "magic"], ["unknown transfer strategy 'magic'", "valid:"], 2),
+    ("unknown-strategy", set_param("transfer.strategies", ["lwf", "joint"]), ["stages/transfer.py", "distilled-lwf"], ["transfer.strategies", "'joint'", "lp_ft"], 2),
+    ("strategy-not-listed", lambda r: None, ["stages/transfer.py", "distilled-magic"], ["unknown transfer strategy 'magic'", "valid:"], 2),
+    ("unknown-source", set_param("transfer.source", ["distilled", "techer"]), ["stages/transfer.py", "distilled-lwf"], ["transfer.source = ['distilled', 'techer']", "unknown source 'techer'", "allowed: distilled, teacher, student"], 2),
+    ("source-not-listed", set_param("transfer.source", ["distilled"]), ["stages/transfer.py", "teacher-lwf"], ["transfer.source = ['distilled'] does not list 'teacher'"], 2),
+    ("scratch-in-strategies", set_param("transfer.strategies", ["scratch", "lwf"]), ["stages/transfer.py", "scratch"], ["transfer.strategies", "lists 'scratch'", "transfer-scratch"], 2),
     ("overlapping-classes", set_param("data.new_classes", [4, 5, 6]), PREPARE, ["overlap on [4]", "disjoint"], 2),
     ("too-many-shots", set_param("data.shots_per_class", 1000), PREPARE, ["data.shots_per_class = 1000 is more than class 5"], 2),
     ("empty-imagefolder", empty_folder, PREPARE, ["no class subfolders with images"], 1),
@@ -259,7 +262,7 @@ def slow_repos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     [
         (["stages/train.py", "teacher"], "checkpoints/teacher/last.pt", "models/teacher.pt", "metrics/teacher.json"),
         (["stages/distill.py"], "checkpoints/distill/last.pt", "models/distilled.pt", "metrics/distill.json"),
-        (["stages/transfer.py", "lwf"], "checkpoints/transfer/lwf/0/last.pt", "models/transfer/lwf.pt", "metrics/transfer/lwf.json"),
+        (["stages/transfer.py", "distilled-lwf"], "checkpoints/transfer/distilled-lwf/0/last.pt", "models/transfer/distilled-lwf.pt", "metrics/transfer/distilled-lwf.json"),
     ],
     ids=["train", "distill", "transfer"],
 )  # fmt: skip

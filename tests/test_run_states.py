@@ -66,7 +66,7 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
 def params() -> dict:
     p = tiny_params()
     p["tracking"]["log_models"] = False
-    p["transfer"]["strategies"] = ["linear_probe"]  # one transfer: the pipeline stays short
+    p["transfer"].update(source=["distilled"], strategies=["linear_probe"])  # a short pipeline
     return p
 
 

@@ -118,5 +118,5 @@ def test_replaced_teacher_file_reruns_teacher_distill_and_after_only(repo: Path)
     assert {"train@teacher", "distill"} <= ran, ran
     # what follows distill is now out of date (its input changed), and runs on `dvc repro`
     changed = set(json.loads(dvc("status", "--json").stdout or "{}"))
-    assert {"transfer@lwf", "transfer@finetune", "evaluate"} <= changed, changed
+    assert {"transfer@distilled-lwf", "transfer@teacher-finetune", "evaluate"} <= changed, changed
     assert not ran & {"prepare", "train@student"}, ran

@@ -16,6 +16,7 @@ import torch
 
 from kdflow.checkpoint import load_model
 from kdflow.tasks import load_task
+from tests.conftest import TRANSFERS
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +72,7 @@ def test_registered_model_loads_back_with_same_outputs(store: str, pipeline_repo
 def test_every_stage_registers_its_model(store: str) -> None:
     names = {m.name for m in mlflow.MlflowClient().search_registered_models()}
     expected = {"kdflow-teacher", "kdflow-student", "kdflow-distilled"}
-    expected |= {
-        f"kdflow-transfer-{s}" for s in ("scratch", "linear_probe", "finetune", "lp_ft", "lwf")
-    }
+    expected |= {f"kdflow-transfer-{t}" for t in ["scratch", *TRANSFERS]}
     assert expected <= names
     run = mlflow.MlflowClient().get_run(_runs("train@student")[0].info.run_id)
     info = mlflow.models.get_model_info("models:/kdflow-student@newest")
@@ -104,9 +103,8 @@ def test_default_store_is_the_repositorys_also_from_dvc_experiment_copies(
 def test_runs_are_named_for_what_they_are(store: str) -> None:
     names = {r.info.run_name for r in _runs("distill")}
     assert any(n.startswith("distill kd ") and "temperature=" in n for n in names), names
-    assert any(
-        r.info.run_name.startswith("transfer@lwf from distilled") for r in _runs("transfer@lwf")
-    )
+    for stage in ("transfer@distilled-lwf", "transfer@teacher-lwf", "transfer-scratch"):
+        assert any(r.info.run_name.startswith(stage) for r in _runs(stage)), stage  # the source
 
 
 def test_sqlite_store_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,8 +186,8 @@ def test_training_runs_list_their_datasets(store: str) -> None:
     want = {
         "distill": {("digits-old-train", "training"), ("digits-old-val", "validation"),
                     ("digits-old-test", "test")},
-        "transfer@lwf": {("digits-new-train", "training"), ("digits-new-test", "test"),
-                         ("digits-old-test", "test")},
+        "transfer@teacher-lwf": {("digits-new-train", "training"), ("digits-new-test", "test"),
+                                 ("digits-old-test", "test")},
     }  # fmt: skip
     for stage, expected in want.items():
         (run,) = _runs(stage)[:1]

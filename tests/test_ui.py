@@ -78,7 +78,7 @@ def test_runs_page_shows_the_pipeline_tree_and_its_datasets(sync_playwright, ui_
             assert stage.count() == 0  # nested: hidden under the pipeline run ...
             parent.locator("button[data-component-id*=runnamecellrenderer]").click()
             stage.first.wait_for(timeout=30_000)  # ... shown once it is expanded
-            for name in ("train@teacher", "train@student", "transfer@lwf", "evaluate"):
+            for name in ("train@teacher", "train@student", "transfer@distilled-lwf", "evaluate"):
                 assert page.locator("[role=row]", has_text=name).count() >= 1, name
             # the distill run's Dataset cell (same row id, in the grid's scrolling part)
             row_id = stage.first.get_attribute("row-id")

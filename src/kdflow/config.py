@@ -162,15 +162,36 @@ class DistillConfig(Section):
         return dict(self.methods.get(self.method, {}))
 
 
+SOURCES = ("distilled", "teacher", "student")  # the old-task models a transfer can start from
+
+
 class TransferConfig(Section):
-    source: Literal["distilled", "student", "teacher"] = "distilled"
+    # the models carried to the new task: each runs every strategy (DVC stages
+    # transfer@<source>-<strategy>); one name alone is read as a list of one (older params files)
+    source: list[Literal["distilled", "teacher", "student"]] = Field(
+        default_factory=lambda: ["distilled", "teacher"], min_length=1
+    )
+    # the strategies that start from a source; the from-scratch baseline is its own stage
+    # (transfer-scratch), run once whatever the sources, so it is not listed here
     strategies: list[str] = Field(
-        default_factory=lambda: ["scratch", "linear_probe", "finetune", "lp_ft", "lwf"],
-        min_length=1,
+        default_factory=lambda: ["linear_probe", "finetune", "lp_ft", "lwf"], min_length=1
     )
     # per-strategy options; kdflow.params fills in each strategy's defaults
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     train: TransferTrainConfig = TransferTrainConfig(select="last")  # no validation split
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _sources(cls, v: Any) -> Any:
+        """A single name is a list of one; an unknown name is named with what is allowed."""
+        v = [v] if isinstance(v, str) else v
+        if isinstance(v, list):
+            unknown = [s for s in v if s not in SOURCES]
+            if unknown:
+                raise ValueError(f"unknown source {unknown[0]!r}; allowed: {', '.join(SOURCES)}")
+            if len(set(v)) != len(v):
+                raise ValueError("sources must be distinct")
+        return v
 
     @field_validator("strategies")
     @classmethod

@@ -104,9 +104,15 @@ def evaluate_old_task(paths: dict[str, Path], task: Task, cfg: EvaluateConfig) -
 
 
 def evaluate_transfers(
-    paths: dict[str, Path], new: Task, old: Task, source_accuracy: float, bins: int
+    paths: dict[str, Path],
+    new: Task,
+    old: Task,
+    source_accuracy: float,
+    bins: int,
+    source: str | None = None,
 ) -> Transfers:
-    """New-task quality of each transfer and the old-task accuracy its old head kept."""
+    """New-task quality of each transfer and the old-task accuracy its old head kept (against
+    ``source_accuracy``, that of ``source``: a model carried from another source is refused)."""
     out = Transfers()
     for s, path in paths.items():
         model, ckpt = load_model(path, f"transfer model {s}")
@@ -116,11 +122,17 @@ def evaluate_transfers(
                 f"transfer model {path} predicts {n_new} new classes but the new task has "
                 f"{new.num_classes}; re-run the transfer stage (dvc repro)"
             )
+        made_from = None if ckpt.get("from_scratch", False) else ckpt.get("source")
+        if source and made_from and made_from != source:
+            raise KdflowError(
+                f"transfer model {path} was carried from the {made_from}, not the {source}; "
+                "check --transfer-model or re-run the transfer stages (dvc repro)"
+            )
         row, logits = quality.evaluate_classifier(model, *new["test"], bins)
         out.new_task[s], out.logits[s] = row, logits
         out.confusions[s] = quality.confusion_matrix(logits, new["test"][1])
-        source = None if ckpt.get("from_scratch", False) else source_accuracy
-        kept = old_task_kept(model, old["test"], source)
+        before = None if ckpt.get("from_scratch", False) else source_accuracy
+        kept = old_task_kept(model, old["test"], before)
         out.retention[s] = {"old_task_accuracy": kept["accuracy"], "retention": kept["retention"],
                             "old_task_drop": kept["old_task_drop"]}  # fmt: skip
     return out

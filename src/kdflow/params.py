@@ -18,7 +18,7 @@ from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
 from kdflow.models import check_arch
 from kdflow.registry import Registry
-from kdflow.strategies import STRATEGIES
+from kdflow.strategies import BASELINE, STRATEGIES
 
 
 def _allowed(loc: tuple, model: type[BaseModel] = Params) -> list[str]:
@@ -88,10 +88,15 @@ def check_registries(p: Params) -> Params:
     methods = _all_options(LOSSES, "distill.methods", p.distill.methods, [p.distill.method])
     for s in p.transfer.strategies:
         _name(STRATEGIES, "transfer.strategies", s)
-    options = _all_options(
-        STRATEGIES, "transfer.options", p.transfer.options, p.transfer.strategies
-    )
-    for s in p.transfer.strategies:
+        if STRATEGIES.meta(s).get("from_scratch"):
+            raise ParamsError(
+                f"params.yaml: transfer.strategies = {p.transfer.strategies} lists {s!r}, which "
+                f"starts from random weights, not a source: the {BASELINE} baseline is its own "
+                f"stage (transfer-{BASELINE}); remove {s!r} from the list"
+            )
+    strategies = [*p.transfer.strategies, BASELINE]  # the baseline's options too
+    options = _all_options(STRATEGIES, "transfer.options", p.transfer.options, strategies)
+    for s in strategies:
         rule = STRATEGIES.meta(s).get("unaugmented")
         if rule and p.transfer.train.augment:
             raise ParamsError(f"params.yaml: transfer.train.augment must be false with {s}: {rule}")

@@ -97,6 +97,34 @@ def significance_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def source_frame(table: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per strategy: new-task accuracy from each source, the paired test of the first
+    source against each other one, and the old-task accuracy each kept (retained share)."""
+    records = []
+    for strategy, row in table.items():
+        sources = [k for k in row if "_vs_" not in k]
+        rec: dict[str, Any] = {"strategy": strategy}
+        for src in sources:
+            rec[f"new-task accuracy: {src}"] = _fmt(row[src].get("new_task_accuracy"))
+        for key in (k for k in row if "_vs_" in k):
+            a, b = key.split("_vs_")
+            t = row[key]
+            rec[f"{a} − {b} (pt, 95% CI)"] = (
+                f"{t['difference'] * 100:+.2f} ({t['ci95_low'] * 100:+.2f} to "
+                f"{t['ci95_high'] * 100:+.2f})"
+            )
+            rec[f"McNemar p ({a} vs {b})"] = f"{t['mcnemar_p']:.3g}" + (
+                " *" if t["significant"] else ""
+            )
+        for src in sources:
+            kept = row[src]
+            rec[f"old task kept: {src}"] = (
+                f"{_fmt(kept.get('old_task_accuracy'))} ({_fmt(kept.get('retention'), '.2f')})"
+            )
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     """A Markdown table of pre-formatted text: first column left, the numbers right-aligned."""
     align = ("left",) + ("right",) * (len(df.columns) - 1)
@@ -160,6 +188,7 @@ def render_summary(
     timing: Mapping[str, Any] | None = None,
     plots: Sequence[str] = (),
     significance: Mapping[str, Mapping[str, Any]] | None = None,
+    transfer_sources: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The whole ``summary.md`` as a string."""
     parts = ["# kdflow evaluation", ""]
@@ -184,6 +213,16 @@ def render_summary(
             "Retention is the old head's accuracy on the old task after transfer "
             f"({DASH} for scratch, which has no trained old head); retained share is it divided "
             "by the source model's old-task accuracy, drop is the difference.",
+            "",
+        ]
+    if transfer_sources and any("_vs_" in k for r in transfer_sources.values() for k in r):
+        parts += ["## Transfer from each source: what the student's features lose", ""]
+        parts += [to_markdown(source_frame(transfer_sources)), ""]
+        parts += [
+            "Each strategy started from each source model, on the same new-task test images. "
+            "The difference is the first source's new-task accuracy minus the other's, with its "
+            "paired-bootstrap 95% interval and McNemar's exact p (* p < 0.05). Old task kept: "
+            "the old head's accuracy after transfer (its share of that source's own accuracy).",
             "",
         ]
     if significance:

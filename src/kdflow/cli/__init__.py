@@ -1,7 +1,7 @@
 """The ``kdflow`` command: compare tracked runs, alias registered models, open the MLflow UI.
 
 Examples: ``kdflow compare --stage distill --sort test.accuracy``, ``kdflow compare --stage
-transfer@lwf --exp exp-a --exp exp-b``, ``kdflow alias models/*.pt models/transfer/*.pt``,
+transfer@distilled-lwf --exp exp-a --exp exp-b``, ``kdflow alias models/*.pt models/transfer/*.pt``,
 ``kdflow promote``, ``kdflow params`` and ``kdflow ui --port 5000``.
 """
 

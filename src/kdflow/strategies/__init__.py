@@ -10,3 +10,7 @@ from __future__ import annotations
 from kdflow.registry import Registry
 
 STRATEGIES: Registry = Registry("transfer strategy", "kdflow.strategies")
+
+# The from-scratch baseline: one DVC stage (transfer-scratch) that needs no source model, so
+# changing a source never re-runs it; it is never listed in transfer.strategies.
+BASELINE = "scratch"
