@@ -236,7 +236,7 @@ class Trainer:
         if self.val is None or len(history) < self.cfg.stop_after * self.budget.passes:
             return False
         scores = [h["val_accuracy"] for h in history]
-        if not plateaued(scores, self.cfg.patience, self.cfg.min_delta):
+        if not self._rank0_says(plateaued(scores, self.cfg.patience, self.cfg.min_delta)):
             return False
         if self.cfg.cooldown and len(history) < self.budget.passes:
             self.cooldown.begin(self.optimizer, self.cfg.cooldown * self.budget.steps)
@@ -247,6 +247,15 @@ class Trainer:
             )
             return False
         return True
+
+    def _rank0_says(self, flag: bool) -> bool:
+        """Rank 0's decision on every rank: under DDP each rank's batch-norm statistics, hence
+        its validation accuracy, can differ slightly, and ranks that disagree on stopping
+        would wait for each other forever."""
+        if not initialized():
+            return flag
+        vote = torch.tensor([float(flag) if is_main() else 0.0], device=self.device)
+        return bool(all_reduce_(vote).item())
 
     def finish(self) -> None:
         """Drop the resume checkpoint once the stage's outputs are safely written."""
