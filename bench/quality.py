@@ -8,6 +8,10 @@ targets on every image, labels on few).
 
     python bench/quality.py [--seeds 3] [--methods kd dkd ...] [--fractions 0.01 0.1 1.0]
 
+A method may carry its own options: ``kd:logit_standardization=true,temperature=2`` distils
+with ``distill.methods.kd`` set so (values read as YAML). Each distilled row is compared with
+the student alone and, where ``kd`` ran too, with ``kd`` (McNemar per seed, bootstrap CI).
+
 Writes bench/results/quality<tag>.json and, with several fractions, a PNG plot.
 """
 
@@ -36,7 +40,7 @@ def run(params, task, teachers, hashes, method: str | None, seed: int, fraction:
         "train.student.label_fraction": fraction,  # the distilled student's labels too
     }
     if method:
-        over["distill.method"] = method
+        over.update(method_overrides(method))
     p = with_overrides(params, over)
     t0 = time.perf_counter()
     if method:
@@ -52,6 +56,13 @@ def run(params, task, teachers, hashes, method: str | None, seed: int, fraction:
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def method_overrides(spec: str) -> dict:
+    """``name`` or ``name:key=value,key=value`` as dotted params overrides."""
+    name, _, options = spec.partition(":")
+    sets = [f"distill.methods.{name}.{kv}" for kv in options.split(",") if kv]
+    return {"distill.method": name, **parse_sets(sets)}
 
 
 def summarise(results: dict, t_acc: float) -> list[dict]:
@@ -146,6 +157,24 @@ def main() -> None:
     report(results, t_acc, args.seeds, args.set, args.tag, args.data, len(args.fractions) > 1)
 
 
+def paired(runs: list[dict], others: list[dict], y) -> tuple[str, str]:
+    """Mean difference with a bootstrap CI over images (each image's correctness averaged over
+    the seeds) and McNemar's exact p for each seed's pair of models."""
+    import numpy as np
+
+    from kdflow.stats import mcnemar_exact, paired_bootstrap
+
+    right = [(np.array(a["predictions"]) == y, np.array(b["predictions"]) == y)
+             for a, b in zip(runs, others, strict=True)]  # fmt: skip
+    ps = [mcnemar_exact(a, b)[2] for a, b in right]
+    low, high = paired_bootstrap(
+        np.mean([a for a, _ in right], 0), np.mean([b for _, b in right], 0)
+    )
+    diff = float(np.mean([a.mean() - b.mean() for a, b in right]))
+    ci = f"{diff * 100:+.2f} ({low * 100:+.2f} to {high * 100:+.2f})"
+    return ci, ", ".join(f"{p:.2g}" for p in ps)
+
+
 def tuple_key(key: str) -> tuple[float, str]:
     fraction, name = key.split("/", 1)
     return float(fraction), name
@@ -155,30 +184,18 @@ def report(
     results: dict, t_acc: float, seeds: int, sets: list, tag: str, data: str, plot_it: bool
 ) -> None:
     """Table (with paired tests on the pooled seeds), JSON and, for several fractions, a plot."""
-    import numpy as np
-
-    from kdflow.stats import mcnemar_exact, paired_bootstrap
-
     rows = summarise(results, t_acc)
     y = load_task(data)["test"][1].numpy()
-    for r in rows:  # each method against the student alone at its fraction, seed by seed
+    for r in rows:  # each method against the student alone and against kd, seed by seed
         name = r["model"].removeprefix("student + ")
-        if name == "student alone":
-            r["vs alone (pt, 95% CI)"] = r["McNemar p per seed"] = ""
-            continue
-        pairs = zip(results[(r["label fraction"], name)], results[(r["label fraction"], "alone")],
-                    strict=True)  # fmt: skip
-        right = [
-            (np.array(a["predictions"]) == y, np.array(b["predictions"]) == y) for a, b in pairs
-        ]
-        ps = [mcnemar_exact(a, b)[2] for a, b in right]
-        # images resampled, each image's correctness averaged over the seeds
-        low, high = paired_bootstrap(
-            np.mean([a for a, _ in right], 0), np.mean([b for _, b in right], 0)
-        )
-        diff = float(np.mean([a.mean() - b.mean() for a, b in right]))
-        r["vs alone (pt, 95% CI)"] = f"{diff * 100:+.2f} ({low * 100:+.2f} to {high * 100:+.2f})"
-        r["McNemar p per seed"] = ", ".join(f"{p:.2g}" for p in ps)
+        for base, col in (("alone", "vs alone"), ("kd", "vs kd")):
+            other = results.get((r["label fraction"], base))
+            if name in ("student alone", base) or other is None:
+                r[f"{col} (pt, 95% CI)"] = r[f"{col}: McNemar p per seed"] = ""
+                continue
+            r[f"{col} (pt, 95% CI)"], r[f"{col}: McNemar p per seed"] = paired(
+                results[(r["label fraction"], name)], other, y
+            )
     print()
     print(table([{k: v for k, v in r.items() if k not in ("mean", "std")} for r in rows]))
     payload = {"teacher_accuracy": t_acc, "seeds": seeds, "set": sets, "rows": rows,

@@ -59,6 +59,13 @@ OLD_GRID: list[tuple[str, str, dict[str, Any]]] = [
       for w in (100.0, 1000.0)],
     *[("rkd", f"d={d} a={a}", {"distill.method": "rkd", "distill.methods.rkd.distance_weight": d,
                                "distill.methods.rkd.angle_weight": a}) for d, a in ((1.0, 2.0), (25.0, 50.0))],
+    # kd on z-scored logits (Sun et al. 2024: a base temperature near 2)
+    *[("kd_ls", f"T={t} alpha={a}", {"distill.method": "kd", "distill.methods.kd.temperature": t,
+      "distill.methods.kd.alpha": a, "distill.methods.kd.logit_standardization": True})
+      for t, a in ((1.0, 0.5), (2.0, 0.5), (2.0, 0.9), (4.0, 0.5))],
+    *[("adversarial", f"adv_weight={w} kd_weight={k}", {"distill.method": "adversarial",
+      "distill.methods.adversarial.adv_weight": w, "distill.methods.adversarial.kd_weight": k})
+      for w, k in ((0.1, 1.0), (1.0, 1.0), (1.0, 0.0))],
 ]  # fmt: skip
 
 LRS = (0.003, 0.01, 0.03)

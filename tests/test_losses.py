@@ -345,6 +345,21 @@ def test_at_rejects_out_of_range_layer() -> None:
         build("at", options={"layers": [0, 3]})
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "expect"),
+    [
+        ("fitnet", {"teacher_layer": -9}, r"fitnet\.teacher_layer = -9 is out of range: the teacher"),
+        ("rkd", {"student_layer": 7}, r"rkd\.student_layer = 7 is out of range: the student"),
+        ("at", {"layers": [[0, 0], [1, 5]]}, r"at\.layers\[1\]\[1\] = 5 is out of range: the teacher"),
+        ("at", {"layers": [[0, "layer9"]]}, r"at\.layers\[0\]\[1\] = 'layer9': a layer name needs"),
+    ],
+)  # fmt: skip
+def test_layer_errors_name_the_key(method: str, options: dict, expect: str) -> None:
+    """One helper (losses/_base.layer_index) checks every method's layer indices."""
+    with pytest.raises(ParamsError, match=expect):
+        build(method, options=options)
+
+
 # ---------------------------------------------------------------- RKD
 
 

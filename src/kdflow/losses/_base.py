@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdflow.errors import ParamsError
 from kdflow.outputs import Outputs
 
 ZSCORE_EPS = 1e-7  # added to the std, as in Sun et al.'s code: a constant logit vector stays finite
@@ -60,3 +61,22 @@ def zscore(logits: Tensor) -> Tensor:
     """
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + ZSCORE_EPS)
+
+
+def layer_index(layer: int | str, dims: list[tuple[int, ...]], key: str, who: str) -> int:
+    """``layer`` as an index into ``Outputs.features`` (whose shapes are ``dims``).
+
+    Layer names (layer3, blocks.4) are resolved to indices against the models before a loss is
+    built (``kdflow.models.resolve_layers``); a name or an index out of range here is the
+    user's, so it stops with one line naming ``key``."""
+    if isinstance(layer, str):
+        raise ParamsError(
+            f"params.yaml: {key} = {layer!r}: a layer name needs the models "
+            "(kdflow.models.resolve_layers) before the loss is built"
+        )
+    if not -len(dims) <= layer < len(dims):
+        raise ParamsError(
+            f"params.yaml: {key} = {layer} is out of range: the {who} has {len(dims)} "
+            "feature map(s)"
+        )
+    return layer % len(dims)

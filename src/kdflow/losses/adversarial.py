@@ -40,8 +40,9 @@ class AdversarialOptions(BaseModel):
 
     temperature: float = Field(4.0, gt=0.0, le=1000.0)  # of the KD term and of D's inputs
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
-    kd_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # of T^2 * KL(teacher || student)
-    adv_weight: float = Field(0.1, ge=0.0, allow_inf_nan=False)  # of the student's fool-D term
+    # weights chosen on validation (docs/sweeps.md): the tutorial's game alone, CE + fool-D
+    kd_weight: float = Field(0.0, ge=0.0, allow_inf_nan=False)  # of T^2 * KL(teacher || student)
+    adv_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # of the student's fool-D term
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [64], max_length=8
     )  # D's hidden layer sizes (LeakyReLU between); [] makes D logistic regression

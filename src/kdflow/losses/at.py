@@ -8,8 +8,6 @@ L2-normalised; the student's maps are pulled towards the teacher's at matching s
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +15,7 @@ from torch import Tensor
 
 from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
-from kdflow.losses._base import DistillLoss, ce
+from kdflow.losses._base import DistillLoss, ce, layer_index
 from kdflow.outputs import Outputs
 
 
@@ -107,21 +105,6 @@ class AT(DistillLoss):
         }
 
 
-def _explicit(entry: Any, dims: list[tuple[int, ...]], who: str, i: int) -> int:
-    layer = entry[i]
-    if isinstance(layer, str):  # names are resolved against the models first
-        raise ParamsError(
-            f"params.yaml: distill.methods.at.layers names {layer!r}: a layer name needs the "
-            "models (kdflow.models.resolve_layers) before the loss is built"
-        )
-    if not -len(dims) <= layer < len(dims):
-        raise ParamsError(
-            f"params.yaml: distill.methods.at.layers contains {list(entry)}: the {who} has no "
-            f"layer {layer} ({len(dims)} feature map(s))"
-        )
-    return layer % len(dims)
-
-
 @LOSSES.register("at", schema=ATOptions)
 def build(
     o: ATOptions,
@@ -131,14 +114,15 @@ def build(
     pairs = pair_stages(len(student_dims), len(teacher_dims))
     if o.layers is not None:
         chosen = []
-        for entry in o.layers:
+        for n, entry in enumerate(o.layers):
             if isinstance(entry, str):
                 entry = (entry, entry)
             if not isinstance(entry, int):  # explicit [student, teacher] layers
-                chosen.append(
-                    (_explicit(entry, student_dims, "student", 0),
-                     _explicit(entry, teacher_dims, "teacher", 1))
-                )  # fmt: skip
+                chosen.append(tuple(
+                    layer_index(entry[i], dims, f"distill.methods.at.layers[{n}][{i}]", who)
+                    for i, (dims, who) in enumerate(((student_dims, "student"),
+                                                     (teacher_dims, "teacher")))
+                ))  # fmt: skip
                 continue
             if not -len(pairs) <= entry < len(pairs):
                 raise ParamsError(

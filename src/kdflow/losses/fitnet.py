@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
-from kdflow.losses._base import DistillLoss, ce
+from kdflow.losses._base import DistillLoss, ce, layer_index
 from kdflow.outputs import Outputs
 
 
@@ -30,25 +30,15 @@ class FitNetOptions(BaseModel):
     ce_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
 
 
-def _stage(
-    dims: list[tuple[int, ...]], index: int | str, who: str, key: str
-) -> tuple[int, int, int]:
-    if isinstance(index, str):  # names are resolved against the models first
-        raise ParamsError(
-            f"params.yaml: distill.methods.fitnet.{key} = {index!r}: a layer name needs the "
-            "models (kdflow.models.resolve_layers) before the loss is built"
-        )
-    if not -len(dims) <= index < len(dims):
-        raise ParamsError(
-            f"params.yaml: distill.methods.fitnet.{key} = {index} is out of range: "
-            f"the {who} has {len(dims)} stage(s)"
-        )
-    shape = tuple(dims[index])
+def _map(dims: list[tuple[int, ...]], layer: int | str, who: str) -> tuple[int, int, int, int]:
+    """The layer's index and its (C, H, W) shape."""
+    i = layer_index(layer, dims, f"distill.methods.fitnet.{who}_layer", who)
+    shape = tuple(dims[i])
     if len(shape) != 3:
         raise ParamsError(
-            f"fitnet needs (C, H, W) feature maps; the {who}'s layer {index} has shape {shape}"
+            f"fitnet needs (C, H, W) feature maps; the {who}'s layer {layer} has shape {shape}"
         )
-    return shape  # type: ignore[return-value]
+    return (i, *shape)  # type: ignore[return-value]
 
 
 class FitNet(DistillLoss):
@@ -107,8 +97,6 @@ def build(
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> FitNet:
-    s_shape = _stage(student_dims, o.student_layer, "student", "student_layer")
-    t_shape = _stage(teacher_dims, o.teacher_layer, "teacher", "teacher_layer")
-    return FitNet(
-        s_shape, t_shape, int(o.student_layer), int(o.teacher_layer), o.weight, o.ce_weight
-    )
+    s_layer, *s_shape = _map(student_dims, o.student_layer, "student")
+    t_layer, *t_shape = _map(teacher_dims, o.teacher_layer, "teacher")
+    return FitNet(tuple(s_shape), tuple(t_shape), s_layer, t_layer, o.weight, o.ce_weight)

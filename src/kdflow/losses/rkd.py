@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from kdflow.errors import ParamsError
 from kdflow.losses import LOSSES
-from kdflow.losses._base import DistillLoss, ce
+from kdflow.losses._base import DistillLoss, ce, layer_index
 from kdflow.outputs import Outputs
 
 _EPS = 1e-12  # on squared lengths: below it a difference vector counts as zero
@@ -70,22 +69,6 @@ def pooled(f: Tensor) -> Tensor:
     if f.dim() == 4:
         return f.mean(dim=(2, 3))
     return f.mean(dim=1) if f.dim() == 3 else f.flatten(1)
-
-
-def _layer(layer: int | str | None, dims: list[tuple[int, ...]], key: str) -> int | None:
-    if layer is None:
-        return None
-    if isinstance(layer, str):  # names are resolved against the models first
-        raise ParamsError(
-            f"params.yaml: distill.methods.rkd.{key} = {layer!r}: a layer name needs the "
-            "models (kdflow.models.resolve_layers) before the loss is built"
-        )
-    if not -len(dims) <= layer < len(dims):
-        raise ParamsError(
-            f"params.yaml: distill.methods.rkd.{key} = {layer} is out of range: "
-            f"{len(dims)} feature map(s)"
-        )
-    return layer % len(dims)
 
 
 class RKD(DistillLoss):
@@ -157,6 +140,9 @@ def build(
     student_dims: list[tuple[int, ...]],
     teacher_dims: list[tuple[int, ...]],
 ) -> RKD:
-    s_layer = _layer(o.student_layer, student_dims, "student_layer")
-    t_layer = _layer(o.teacher_layer, teacher_dims, "teacher_layer")
+    s_layer, t_layer = (
+        None if layer is None else layer_index(layer, dims, f"distill.methods.rkd.{who}_layer", who)
+        for layer, dims, who in ((o.student_layer, student_dims, "student"),
+                                 (o.teacher_layer, teacher_dims, "teacher"))
+    )  # fmt: skip
     return RKD(o.distance_weight, o.angle_weight, o.ce_weight, s_layer, t_layer)
