@@ -97,7 +97,7 @@ def plot(rows: list[dict], t_acc: float, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("fraction of old-task training images with a label")
     ax.set_ylabel("old-task test accuracy (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 

@@ -263,13 +263,23 @@ def slow_repos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         (["stages/train.py", "teacher"], "checkpoints/teacher/last.pt", "models/teacher.pt", "metrics/teacher.json"),
         (["stages/distill.py"], "checkpoints/distill/last.pt", "models/distilled.pt", "metrics/distill.json"),
         (["stages/transfer.py", "distilled-lwf"], "checkpoints/transfer/distilled-lwf/0/last.pt", "models/transfer/distilled-lwf.pt", "metrics/transfer/distilled-lwf.json"),
+        # last: it switches both repositories to the adversarial method (D and its Adam state
+        # must come back from the checkpoint)
+        (["stages/distill.py"], "checkpoints/distill/last.pt", "models/distilled.pt", "metrics/distill.json"),
     ],
-    ids=["train", "distill", "transfer"],
+    ids=["train", "distill", "transfer", "distill-adversarial"],
 )  # fmt: skip
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(
-    slow_repos, argv, ckpt, model, metrics
+    slow_repos, argv, ckpt, model, metrics, request: pytest.FixtureRequest
 ) -> None:
     clean, killed = slow_repos
+    if request.node.callspec.id == "distill-adversarial":
+        for repo in (clean, killed):
+            params = yaml.safe_load((repo / "params.yaml").read_text())
+            params["distill"]["method"] = "adversarial"
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            for out in (model, metrics):
+                (repo / out).unlink(missing_ok=True)
     if argv[0] != "stages/train.py":  # later stages need the student and teacher of each repo
         for role in ("student",):
             for repo in (clean, killed):
