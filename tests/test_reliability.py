@@ -308,11 +308,13 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(
     assert not stale.exists(), "a killed run's temporary file was left behind"
     assert not (killed / ckpt).exists()
     _same_result(clean, killed, model, metrics)
-    _one_finished_run(killed, argv)
+    adversarial = request.node.callspec.id == "distill-adversarial"
+    _one_finished_run(killed, argv, "adversarial" if adversarial else None)
 
 
-def _one_finished_run(repo: Path, argv: list[str]) -> None:
-    """The killed run was continued: one FINISHED run with every epoch, none left RUNNING."""
+def _one_finished_run(repo: Path, argv: list[str], method: str | None = None) -> None:
+    """The killed run was continued: one FINISHED run with every epoch, none left RUNNING
+    (``method``: among the distill runs of that method; the repo already has a kd one)."""
     import mlflow
 
     stage = {"train.py": "train@teacher", "distill.py": "distill"}.get(
@@ -320,7 +322,10 @@ def _one_finished_run(repo: Path, argv: list[str]) -> None:
     )
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("kdflow")
-    runs = client.search_runs([exp.experiment_id], f"tags.`kdflow.stage` = '{stage}'")
+    query = f"tags.`kdflow.stage` = '{stage}'"
+    if method:
+        query += f" and params.`distill.method` = '{method}'"
+    runs = client.search_runs([exp.experiment_id], query)
     assert [r.info.status for r in runs] == ["FINISHED"], [r.info.status for r in runs]
     epochs = _slow_params()["transfer" if "transfer" in stage else "distill"]["train"]["epochs"]
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
