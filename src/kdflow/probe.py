@@ -21,10 +21,10 @@ C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))  # inverse L2 strengths 
 @torch.inference_mode()
 def embeddings(net: nn.Module, x: Tensor, batch_size: int | None = None) -> np.ndarray:
     """Pooled backbone features of ``x`` in eval mode (float64, for the solver)."""
-    batch_size = eval_batch(x, batch_size)
+    device = next(net.parameters()).device
+    batch_size = eval_batch(x, batch_size, device)
     was = net.training
     net.eval()
-    device = next(net.parameters()).device
     out = [
         net.embed(x[i : i + batch_size].to(device)).double().cpu()
         for i in range(0, len(x), batch_size)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from kdflow.config import Params, TrainConfig, TransferTrainConfig
@@ -199,6 +198,8 @@ def transfer_epochs(
     """Early stopping without a validation split: train a copy of ``model`` on a stratified
     share of the shots, stop when the held-out rest stops improving, and return the config
     that trains the best number of epochs on every shot (no floor, no stopping)."""
+    from sklearn.model_selection import train_test_split  # here: 1-2 s of import most stages skip
+
     x, y = train
     fit_idx, held_idx = train_test_split(
         np.arange(len(y)), test_size=cfg.holdout, stratify=y.numpy(), random_state=cfg.seed
