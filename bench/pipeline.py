@@ -39,6 +39,10 @@ def main() -> None:
             ["git", "diff", "--name-only"], cwd=repo, capture_output=True, text=True
         )
         changed = diff.stdout.split()
+        # what differs, kept so a failed reproduction can be read without re-running it
+        lock_diff = subprocess.run(
+            ["git", "diff", "-U8", "--", "dvc.lock"], cwd=repo, capture_output=True, text=True
+        ).stdout
         noop = [timed([str(BIN / "dvc"), "repro"], repo) for _ in range(3)]
         costs = stage_costs(repo)
     rows = [
@@ -49,7 +53,10 @@ def main() -> None:
     print(f"files that differ from the commit after the full run: {changed or 'none'}")
     print("\nPer stage (targets: fixed cost <= 4 s, log + register model <= 1.5 s):\n")
     print(table(costs))
-    out = {"rows": rows, "noop_runs": noop, "changed": changed, "stages": costs}
+    if lock_diff:
+        print(lock_diff[:4000])
+    out = {"rows": rows, "noop_runs": noop, "changed": changed, "lock_diff": lock_diff,
+           "stages": costs}  # fmt: skip
     print(f"\nwrote {save('pipeline', out)}")
 
 
