@@ -59,12 +59,12 @@ def test_transfer_lr_reaches_strategies_without_their_own() -> None:
 
 
 def test_transfer_source_is_a_list_and_a_single_name_still_reads() -> None:
-    assert parse_params({}).transfer.source == ["distilled", "teacher"]
+    assert parse_params({}).transfer.source == ["distilled"]  # teacher sources are opt-in
     assert parse_params({"transfer": {"source": "teacher"}}).transfer.source == ["teacher"]
     both = parse_params({"transfer": {"source": ["teacher", "student", "distilled"]}})
     assert both.transfer.source == ["teacher", "student", "distilled"]  # order kept: first leads
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert raw["transfer"]["source"] == ["distilled", "teacher"]  # a list: dvc.yaml's matrix
+    assert raw["transfer"]["source"] == ["distilled"]  # a list: dvc.yaml's matrix
     assert "scratch" not in raw["transfer"]["strategies"]  # its own stage, transfer-scratch
     # the scratch baseline's options are filled in although no strategy list names it
     assert parse_params({}).transfer.options_for("scratch")["lr"] == 0.03

@@ -250,3 +250,32 @@ def test_system_metrics_follow_the_param(
     assert bool(system) == on, sorted(metrics)
     if on:
         assert "system/cpu_utilization_percentage" in metrics
+
+
+def test_sigterm_waits_for_the_mlflow_call_it_lands_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Broken off inside sqlite, MLflow prints a traceback: the stop comes after the call."""
+    import signal
+
+    from kdflow.config import TrackingConfig
+    from kdflow.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("KDFLOW_PIPELINE_ID", "DVC_STAGE"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'm.db'}", log_models=False)
+    done, before = [], signal.getsignal(signal.SIGTERM)
+
+    def log_then_return(metrics: dict, step: int) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # lands while the call runs
+        mlflow.log_metrics(metrics, step=step)
+        done.append(step)
+
+    with pytest.raises(KeyboardInterrupt), Tracker(cfg, "train@student", {}) as t:
+        t._call("log metrics", log_then_return, {"loss": 1.0}, step=3)
+        done.append("after")  # not reached: the stop comes when the call returns
+    assert done == [3]
+    run = mlflow.MlflowClient(cfg.uri).get_run(t.run_id)
+    assert run.info.status == "KILLED" and run.data.metrics["loss"] == 1.0
+    assert signal.getsignal(signal.SIGTERM) is before  # the stage's handler was put back

@@ -169,7 +169,7 @@ class TransferConfig(Section):
     # the models carried to the new task: each runs every strategy (DVC stages
     # transfer@<source>-<strategy>); one name alone is read as a list of one (older params files)
     source: list[Literal["distilled", "teacher", "student"]] = Field(
-        default_factory=lambda: ["distilled", "teacher"], min_length=1
+        default_factory=lambda: ["distilled"], min_length=1
     )
     # the strategies that start from a source; the from-scratch baseline is its own stage
     # (transfer-scratch), run once whatever the sources, so it is not listed here

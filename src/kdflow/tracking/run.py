@@ -39,8 +39,16 @@ if TYPE_CHECKING:
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split -> MLflow context
 
 
+_STOP = {"busy": 0, "pending": 0}  # a SIGTERM waits for the MLflow call it lands in
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM ends the stage as Ctrl-C does: the run (and its pipeline) end KILLED."""
+    """SIGTERM ends the stage as Ctrl-C does: the run (and its pipeline) end KILLED. Inside an
+    MLflow call it waits for the call to return (broken off, sqlite prints a traceback); a
+    second SIGTERM does not wait."""
+    if _STOP["busy"] and not _STOP["pending"]:
+        _STOP["pending"] = signum
+        return
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -98,7 +106,14 @@ class Tracker:
         return self
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return call(self.uri, what, fn, *args, **kwargs)
+        _STOP["busy"] += 1
+        try:
+            return call(self.uri, what, fn, *args, **kwargs)
+        finally:
+            _STOP["busy"] -= 1
+            if not _STOP["busy"] and _STOP["pending"]:
+                signum, _STOP["pending"] = _STOP["pending"], 0
+                raise KeyboardInterrupt(f"signal {signum}")
 
     def _resumable(self, run_id: str, exp_id: str) -> bool:
         try:
