@@ -52,3 +52,23 @@ def save(name: str, payload: dict[str, object]) -> Path:
 
     text = json.dumps({"machine": machine(), **payload}, indent=2, default=float) + "\n"
     return atomic_write_text(RESULTS / f"{name}.json", text)
+
+
+def correct(models: Path, data: Path) -> dict[str, Any]:
+    """Per test image, is each model under ``models`` right (numpy bools; the old task for the
+    trained models, the new task for ``transfer/``): the input of a paired test."""
+    from kdflow.checkpoint import load_model
+    from kdflow.metrics import predict
+    from kdflow.tasks import load_task
+
+    old, new = load_task(data / "old"), load_task(data / "new")
+    out = {}
+    for path in sorted(models.rglob("*.pt")):
+        if "export" in path.parts:
+            continue
+        name = path.relative_to(models).with_suffix("").as_posix()
+        task = new if name.startswith("transfer/") else old
+        model, _ = load_model(path, name, None, None)
+        x, y = task["test"]
+        out[name] = (predict(model.eval(), x).argmax(1) == y).numpy()
+    return out

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import parse_sets, save, table
+from _util import correct, parse_sets, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,25 +93,6 @@ def run_pipeline(repo: Path, params: dict) -> dict[str, float]:
     return seconds
 
 
-def correct(repo: Path) -> dict[str, np.ndarray]:
-    """Per test image: is each model right (old task for the trained models, new for transfers)."""
-    from kdflow.checkpoint import load_model
-    from kdflow.metrics import predict
-    from kdflow.tasks import load_task
-
-    old, new = load_task(repo / "data/prepared/old"), load_task(repo / "data/prepared/new")
-    out = {}
-    for path in sorted((repo / "models").rglob("*.pt")):
-        if "export" in path.parts:
-            continue
-        name = path.relative_to(repo / "models").with_suffix("").as_posix()
-        task = new if name.startswith("transfer/") else old
-        model, _ = load_model(path, name, None, None)
-        x, y = task["test"]
-        out[name] = (predict(model.eval(), x).argmax(1) == y).numpy()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="torchvision:resnet18")
@@ -138,7 +119,7 @@ def main() -> None:
             subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
             print(f"[own_case] {label}:", flush=True)
             runs[label] = run_pipeline(repo, merge(base, update))
-            right[label] = correct(repo)
+            right[label] = correct(repo / "models", repo / "data/prepared")
     on, off = right["early stopping"], right["budgets off"]
     rows = []
     for name in sorted(on):

@@ -15,6 +15,7 @@ bench/results/sweep_<part>.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,18 @@ OLD_GRID: list[tuple[str, str, dict[str, Any]]] = [
       for w, k in ((0.1, 1.0), (1.0, 1.0), (1.0, 0.0))],
 ]  # fmt: skip
 
+# Budgets, shortest first: epochs with no min_steps floor (on the default data the floors
+# would add passes). Chosen by the one-standard-error rule (see `choose`).
+BUDGET_GRID: list[tuple[str, str, dict[str, Any]]] = [
+    *[("teacher_budget", f"epochs={e}", {"train.teacher.epochs": e,
+      "train.teacher.min_steps": 0}) for e in (4, 6, 8)],
+    *[("alone_budget", f"epochs={e}", {"train.student.epochs": e,
+      "train.student.min_steps": 0}) for e in (6, 8, 10, 15)],
+    *[("kd_budget", f"epochs={e}", {"distill.train.epochs": e, "distill.train.min_steps": 0})
+      for e in (6, 8, 10, 15)],
+]  # fmt: skip
+OLD_GRID += BUDGET_GRID
+
 LRS = (0.003, 0.01, 0.03)
 STEPS = (250, 1000)
 NEW_GRID: list[tuple[str, str, dict[str, Any]]] = [
@@ -94,8 +107,8 @@ def trained(
     p: Params, group: str, task: Task, teachers: list[nn.Module], hashes: list[str]
 ) -> tuple[nn.Module, FitResult]:
     """What the stage of ``group`` trains: train@teacher, train@student, or distill."""
-    if group in ("teacher", "alone"):
-        role = "teacher" if group == "teacher" else "student"
+    if group.split("_")[0] in ("teacher", "alone"):
+        role = "teacher" if group.startswith("teacher") else "student"
         model, result = trained_role(p, role, task)
         if result is None:
             raise SystemExit(
@@ -122,6 +135,7 @@ def sweep_old(params: Params, only: list[str] | None, args: argparse.Namespace) 
             "group": group, "config": label, "val_accuracy": best["val_accuracy"],
             "test_accuracy": classification_metrics(predict(model, x), y)["accuracy"],
             "best_epoch": result.best_epoch + 1, "epochs": len(result.history),
+            "n_val": len(task["val"][1]),
             "val_curve": [round(h["val_accuracy"], 4) for h in result.history],
             "seconds": round(time.perf_counter() - t0, 1), "overrides": overrides,
         })  # fmt: skip
@@ -160,11 +174,20 @@ def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) 
 
 
 def choose(rows: list[dict]) -> dict[str, dict]:
-    """Per group, the configuration with the best validation score (first listed on ties)."""
+    """Per group, the configuration with the best validation score (first listed on ties).
+    Budget groups (shortest first) take the shortest budget within one standard error of the
+    best, sqrt(a(1-a)/n) on the n validation images: a longer one is not shown to be better."""
     best: dict[str, dict] = {}
     for r in rows:
         if r["group"] not in best or r["val_accuracy"] > best[r["group"]]["val_accuracy"]:
             best[r["group"]] = r
+    for group, top in best.items():
+        if group.endswith("_budget"):
+            a = top["val_accuracy"]
+            se = math.sqrt(a * (1 - a) / top["n_val"])
+            best[group] = next(
+                r for r in rows if r["group"] == group and r["val_accuracy"] >= a - se
+            )
     return best
 
 
@@ -213,7 +236,8 @@ def main() -> None:
     print(table(shown))
     path = save(f"sweep_{args.part}{args.tag}", {
         "rule": "per group, highest validation accuracy (old task: val split; new task: mean of "
-                "5-fold CV on the labelled shots); first listed wins ties",
+                "5-fold CV on the labelled shots); first listed wins ties; *_budget groups (shortest "
+                "first): the shortest within one standard error sqrt(a(1-a)/n_val) of the best",
         "set": args.set, "rows": rows, "chosen": {g: r["config"] for g, r in best.items()},
     })  # fmt: skip
     print(f"\nwrote {path}")
