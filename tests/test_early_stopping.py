@@ -55,12 +55,12 @@ def test_training_stops_when_validation_stops_improving(digits_dir: Path) -> Non
 
 
 def test_cooldown_anneals_before_stopping(digits_dir: Path) -> None:
-    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, cooldown=3,
-                      schedule="constant", **CPU)  # fmt: skip
+    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2,
+                      cooldown=0.015, schedule="constant", **CPU)  # fmt: skip
     _, result = _fit(cfg, digits_dir)
     lrs = [h["lr"] for h in result.history]
     assert result.stopped_early and len(lrs) < 200
-    assert lrs[-1] == 0.0 and lrs[-4] == 0.05  # constant, then 3 epochs falling to 0
+    assert lrs[-1] == 0.0 and lrs[-4] == 0.05  # constant, then 0.015 of 200 = 3 falling to 0
     assert lrs[-3] > lrs[-2] > lrs[-1]
     assert plateaued([h["val_accuracy"] for h in result.history[:-3]], 2)  # it began there
 
@@ -81,7 +81,7 @@ def test_max_steps_is_a_ceiling(digits_dir: Path) -> None:
 
 
 def test_early_stopping_resumes_where_it_stopped(digits_dir: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, cooldown=2,
+    cfg = TrainConfig(epochs=200, batch_size=64, lr=0.05, select="best", patience=2, cooldown=0.01,
                       **CPU)  # fmt: skip
     task = load_task(digits_dir / "old")
     x, _ = task["train"]

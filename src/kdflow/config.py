@@ -75,7 +75,9 @@ class TrainConfig(Section):
     # for `patience` epochs (null: train the whole budget)
     patience: int | None = Field(None, ge=1)
     min_delta: float = Field(0.0, ge=0.0, lt=1.0)
-    cooldown: int = Field(0, ge=0)  # then epochs of learning rate falling to 0 before stopping
+    # then the learning rate falls to 0 over this share of the budget's passes before stopping
+    # (a warmup-stable-decay cool-down: ~0.2 of the run matches a full cosine schedule)
+    cooldown: float = Field(0.0, ge=0.0, le=1.0)
     # share of the budget always trained before early stopping may stop: a warm-up for slow
     # starters, whose validation accuracy sits at chance for a while
     stop_after: float = Field(0.0, ge=0.0, le=1.0)

@@ -239,11 +239,14 @@ class Trainer:
         if not self._rank0_says(plateaued(scores, self.cfg.patience, self.cfg.min_delta)):
             return False
         if self.cfg.cooldown and len(history) < self.budget.passes:
-            self.cooldown.begin(self.optimizer, self.cfg.cooldown * self.budget.steps)
+            # a share of the budget, not of the run so far: a run that plateaus at a high rate
+            # early on needs as long a decay as a full schedule's tail gives it
+            n = max(1, round(self.cfg.cooldown * self.budget.passes))
+            self.cooldown.begin(self.optimizer, n * self.budget.steps)
             self.progress.say(
                 f"validation accuracy has not improved by more than {self.cfg.min_delta:g} for "
-                f"{self.cfg.patience} epochs: the learning rate falls to 0 over "
-                f"{self.cfg.cooldown} more, then training stops"
+                f"{self.cfg.patience} epochs: the learning rate falls to 0 over {n} more, "
+                f"then training stops"
             )
             return False
         return True
