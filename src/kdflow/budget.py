@@ -90,9 +90,9 @@ def plateaued(scores: list[float], patience: int | None, min_delta: float = 0.0)
 
 
 class Cooldown:
-    """After validation stops improving, the learning rate falls linearly to 0 over a few
-    epochs before the run stops, so an early-stopped run ends annealed, like a full schedule
-    (warmup-stable-decay style). A resume part: an interrupted cool-down goes on."""
+    """After validation stops improving, the learning rate falls linearly to 0 over a share
+    of the budget before the run stops, so an early-stopped run ends annealed, like a full
+    schedule's tail (warmup-stable-decay style). A resume part: an interrupted one goes on."""
 
     optional = True  # checkpoints written before it existed restore "not cooling"
 
