@@ -1,5 +1,7 @@
-"""Loader: images/s of the Trainer reading the prepared split from disk batch by batch (the
-default since issue 14) against the whole split held in memory as one float tensor (0.1).
+"""Loader: images/s of the Trainer reading the prepared split from disk batch by batch
+(``device_data: off``), with DataLoader workers, and gathering batches from a uint8 copy held in
+memory (``device_data: auto`` on CPU when it fits), against the whole split held in memory as
+one float tensor (0.1).
 
 Same model, params, batches and threads; the variants alternate and repeat, the median counts.
     python bench/loader.py [--repeats 3] [--data data/prepared/old]
@@ -21,11 +23,11 @@ from kdflow.seed import seed_everything
 from kdflow.tasks import load_task
 
 
-def epoch_seconds(role: str, params, task, data, workers: int) -> float:
+def epoch_seconds(role: str, params, task, data, workers: int, resident: str) -> float:
     seed_everything(0)
     model = build_for_task(model_spec(getattr(params.models, role)), task)
     cfg = getattr(params.train, role).model_copy(
-        update={"min_steps": 0, "device": "cpu", "workers": workers}
+        update={"min_steps": 0, "device": "cpu", "workers": workers, "device_data": resident}
     )
     return trainer_epoch(model, data, cfg)
 
@@ -40,16 +42,17 @@ def main() -> None:
     x, y = task["train"]
     in_memory = (x.materialize(), y)
     variants = {
-        "in memory (0.1)": (in_memory, 0),
-        "from disk, per batch": ((x, y), 0),
-        "from disk, 2 workers": ((x, y), 2),
+        "in memory (0.1)": (in_memory, 0, "off"),
+        "from disk, per batch": ((x, y), 0, "off"),
+        "from disk, 2 workers": ((x, y), 2, "off"),
+        "uint8 in memory (device_data auto)": ((x, y), 0, "auto"),
     }
     rows, raw = [], {}
     for role in ("teacher", "student"):
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.repeats):
-            for name, (data, workers) in variants.items():
-                times[name].append(epoch_seconds(role, params, task, data, workers))
+            for name, (data, workers, resident) in variants.items():
+                times[name].append(epoch_seconds(role, params, task, data, workers, resident))
         raw[role] = times
         base = median(times["in memory (0.1)"])
         for name, t in times.items():

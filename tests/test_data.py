@@ -187,6 +187,24 @@ def test_device_memory_path_gives_the_host_paths_batches(digits_dir: Path, polic
     assert not torch.equal(plain, seen["off"][0][0])  # augmentation did change the images
 
 
+def test_auto_holds_a_split_that_fits_in_ram_on_cpu(digits_dir: Path) -> None:
+    """auto gathers from a resident copy on CPU too, unless it would not fit its share or
+    worker processes were asked for; a bare YAML on/off (read as true/false) is understood."""
+    import yaml
+
+    from kdflow.budget import Budget
+    from kdflow.config import TrainConfig
+    from kdflow.data import DeviceBatches, TensorBatches
+
+    data, cpu = TensorBatches(*load_task(digits_dir / "old")["train"]), torch.device("cpu")
+    auto = Budget(data, TrainConfig(device_data="auto"), cpu)
+    assert auto.on_device and isinstance(auto.loader, DeviceBatches)
+    assert not Budget(data, TrainConfig(device_data="auto", workers=1), cpu).on_device
+    assert not Budget(data, TrainConfig(device_data="auto", device_data_share=1e-9), cpu).on_device
+    for text, want in (("on", "on"), ("off", "off"), ("auto", "auto")):
+        assert TrainConfig(**yaml.safe_load(f"device_data: {text}")).device_data == want
+
+
 def test_batched_crop_and_flip_match_a_per_image_reference() -> None:
     from kdflow.augment import hflip, pad_crop
 

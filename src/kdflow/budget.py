@@ -49,8 +49,11 @@ class Budget:
 
     def __init__(self, data: TensorBatches, cfg: TrainConfig, device: torch.device) -> None:
         per_rank = per_rank_batch(cfg.batch_size, world_size())
+        # auto on CPU keeps the DataLoader when worker processes were asked for
         resident = cfg.device_data == "on" or (
-            cfg.device_data == "auto" and fits_device(data, device, cfg.device_data_share)
+            cfg.device_data == "auto"
+            and not (device.type == "cpu" and cfg.workers)
+            and fits_device(data, device, cfg.device_data_share)
         )
         self.on_device = resident
         self.loader, self.set_epoch = make_loader(

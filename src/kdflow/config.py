@@ -93,8 +93,9 @@ class TrainConfig(Section):
     augment_policy: Literal["pad_crop", "resized_crop"] = "pad_crop"  # CIFAR- / ImageNet-style
     hflip: bool = True  # horizontal flips when augmenting (off for digits, text, ...)
     workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes (0: in the main process)
-    # hold the training split in device memory as uint8 (augment there): auto = on a GPU when
-    # it takes at most device_data_share of its memory; on = also on CPU; off = read from host
+    # hold the training split in device memory as uint8 (augment there): auto = when it takes
+    # at most device_data_share of it (a GPU's total, the RAM available on CPU; not on CPU with
+    # workers); on = always; off = read batches from disk (the same batches either way)
     device_data: Literal["auto", "on", "off"] = "auto"
     device_data_share: float = Field(0.25, gt=0.0, le=1.0)
     compile: bool = False  # torch.compile the trained model's forward
@@ -112,6 +113,12 @@ class TrainConfig(Section):
         if any(not 0.0 < m < 1.0 for m in v) or v != sorted(v):
             raise ValueError("milestones are increasing fractions of the run, each in (0, 1)")
         return v
+
+    @field_validator("device_data", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 (params.yaml, `dvc exp run -S`) reads a bare on/off as true/false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class RoleTrainConfig(TrainConfig):

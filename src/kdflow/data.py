@@ -103,10 +103,17 @@ class DeviceBatches:
 
 
 def fits_device(data: TensorBatches, device: torch.device, share: float) -> bool:
-    """Whether the split takes at most ``share`` of the device's memory (CUDA)."""
-    if device.type != "cuda":
+    """Whether the split takes at most ``share`` of the device's memory: a GPU's total, or on
+    CPU the RAM now available (gathers from a resident copy beat per-batch reads there too)."""
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    elif device.type == "cpu":
+        import psutil
+
+        memory = psutil.virtual_memory().available
+    else:
         return False
-    return data.nbytes() <= share * torch.cuda.get_device_properties(device).total_memory
+    return data.nbytes() <= share * memory
 
 
 def _whole_batch(batch: Any) -> Any:
