@@ -4,7 +4,7 @@ memory (``device_data: auto`` on CPU when it fits), against the whole split held
 one float tensor (0.1).
 
 Same model, params, batches and threads; the variants alternate and repeat, the median counts.
-    python bench/loader.py [--repeats 3] [--data data/prepared/old]
+    python bench/loader.py [--repeats 4] [--data data/prepared/old]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def epoch_seconds(role: str, params, task, data, workers: int, resident: str) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--data", default="data/prepared/old")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
@@ -50,8 +50,10 @@ def main() -> None:
     rows, raw = [], {}
     for role in ("teacher", "student"):
         times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(args.repeats):
-            for name, (data, workers, resident) in variants.items():
+        names = list(variants)
+        for r in range(args.repeats):  # each repeat starts at another variant (rotated): a
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # slow one's wake
+                data, workers, resident = variants[name]
                 times[name].append(epoch_seconds(role, params, task, data, workers, resident))
         raw[role] = times
         base = median(times["in memory (0.1)"])

@@ -46,7 +46,7 @@ def main() -> None:
         noop = [timed([str(BIN / "dvc"), "repro"], repo) for _ in range(3)]
         costs = stage_costs(repo)
     rows = [
-        {"run": "full `dvc repro` (clean clone)", "seconds": round(full, 1), "target": "<= 300"},
+        {"run": "full `dvc repro` (clean clone)", "seconds": round(full, 1), "target": "<= 240"},
         {"run": "no-op `dvc repro` (median of 3)", "seconds": round(sorted(noop)[1], 2), "target": "<= 3"},
     ]  # fmt: skip
     print(table(rows))

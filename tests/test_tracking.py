@@ -195,9 +195,8 @@ def test_training_runs_list_their_datasets(store: str) -> None:
         assert got == expected, (stage, got)
 
 
-def test_training_stage_logs_the_datasets_it_is_given(
-    tmp_path: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _training_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: object):
+    """A TrainingStage of tiny params logging to a fresh sqlite store; returns it and the URI."""
     import yaml
 
     from kdflow.params import load_params
@@ -212,12 +211,18 @@ def test_training_stage_logs_the_datasets_it_is_given(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
     paths = StagePaths(tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "m.csv", tmp_path / "ck")
+    stage = TrainingStage("train@student", params, paths, {}, {}, **kwargs)  # type: ignore[arg-type]
+    return stage, raw["tracking"]["uri"]
+
+
+def test_training_stage_logs_the_datasets_it_is_given(
+    tmp_path: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     task = load_task(digits_dir / "old")
-    stage = TrainingStage("train@student", params, paths, {}, {},
-                          datasets=[(task, ("train", "val", "test"))])  # fmt: skip
+    stage, uri = _training_stage(tmp_path, monkeypatch, datasets=[(task, ("train", "val", "test"))])
     with stage:
         pass
-    run = mlflow.MlflowClient(raw["tracking"]["uri"]).get_run(stage.tracker.run_id)
+    run = mlflow.MlflowClient(uri).get_run(stage.tracker.run_id)
     got = {(i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs}
     h = task.content_hash[:16]
     assert got == {("digits-old-train", f"{h}-train", "training"),
@@ -225,6 +230,21 @@ def test_training_stage_logs_the_datasets_it_is_given(
                    ("digits-old-test", f"{h}-test", "test")}  # fmt: skip
     assert run.data.tags["kdflow.checkpoints"] == str((tmp_path / "ck").resolve())
     assert run.data.tags["kdflow.output.path"] == str(tmp_path / "m.pt")
+
+
+def test_a_stage_whose_training_blew_up_tags_its_run(
+    tmp_path: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdflow.config import TrainConfig
+    from tests.test_early_stopping import DIVERGES, _mlp
+
+    task = load_task(digits_dir / "old")
+    stage, uri = _training_stage(tmp_path, monkeypatch)
+    with stage:
+        result = stage.fit(TrainConfig(**DIVERGES), _mlp(task["train"][0]), task["train"],
+                           task["val"])  # fmt: skip
+    tags = mlflow.MlflowClient(uri).get_run(stage.tracker.run_id).data.tags
+    assert result.diverged and tags["kdflow.diverged"] == result.diverged
 
 
 @pytest.mark.parametrize("on", [True, False], ids=["on", "off"])

@@ -6,6 +6,7 @@ Only rank 0 prints, so a run on many processes reads like a run on one.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -19,6 +20,23 @@ def fmt_time(seconds: float) -> str:
     """``42s`` or ``3m07s``: short enough for the end of an epoch line."""
     seconds = round(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def diverged(losses: list[float], factor: float = 3.0) -> str | None:
+    """What says the run blew up, or None: the last epoch's training loss is not finite, or
+    ``factor`` times (and 0.1 above) the lowest before it. A run at too high a learning rate
+    can leave a good basin and never come back, and its final accuracy would read as the
+    method's: the run says so while there is time to stop it."""
+    if not losses:
+        return None
+    last, before = losses[-1], [x for x in losses[:-1] if math.isfinite(x)]
+    if not math.isfinite(last):
+        return f"training loss is {last} at epoch {len(losses)}"
+    low = min(before, default=math.inf)
+    if last > factor * low and last - low > 0.1:
+        return (f"training loss rose from {low:.4f} (epoch {losses.index(low) + 1}) to "
+                f"{last:.4f} at epoch {len(losses)}")  # fmt: skip
+    return None
 
 
 def eta(elapsed: float, done: int, left: int) -> float:

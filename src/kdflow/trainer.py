@@ -36,7 +36,7 @@ from kdflow.errors import KdflowError
 from kdflow.metrics import classification_metrics, predict
 from kdflow.objective import Objective
 from kdflow.optim import build_optimizer
-from kdflow.progress import Meter, Progress, eta
+from kdflow.progress import Meter, Progress, diverged, eta
 from kdflow.resume import ObjectiveExtra, ResumeCheckpoint
 
 __all__ = ["FitResult", "Objective", "Trainer"]  # Objective: re-exported, lives in objective
@@ -49,6 +49,7 @@ class FitResult:
     seconds: float
     resumed_from: int = 0
     stopped_early: bool = False  # validation stopped improving before the budget ran out
+    diverged: str | None = None  # the training loss blew up (progress.diverged): what it did
 
 
 class Trainer:
@@ -197,6 +198,7 @@ class Trainer:
                     self.on_epoch(m, i)
         t0 = time.perf_counter()
         epochs, stopped = self.budget.passes, self._stop(history)
+        blew_up = diverged([h["train_loss"] for h in history])
         for epoch in range(start_epoch, epochs):
             if stopped:
                 break
@@ -216,6 +218,9 @@ class Trainer:
             )
             if stopped:
                 self.progress.say(f"stopping early after epoch {epoch + 1}")
+            if blew_up is None and (blew_up := diverged([h["train_loss"] for h in history])):
+                self.progress.say(f"warning: {blew_up}: the learning rate "
+                                  f"({metrics['lr']:.3g}) may be too high; lower lr or set grad_clip")  # fmt: skip
             if self.resume is not None and is_main():
                 self.resume.save(epoch + 1, history, best)
             barrier()
@@ -226,7 +231,7 @@ class Trainer:
             self.model.load_state_dict(best["state"])
         best_epoch = best["epoch"] if use_best else len(history) - 1
         seconds = time.perf_counter() - t0
-        return FitResult(history, best_epoch, seconds, start_epoch, stopped)
+        return FitResult(history, best_epoch, seconds, start_epoch, stopped, blew_up)
 
     def _stop(self, history: list[dict[str, float]]) -> bool:
         """Early stopping (it needs a validation split; transfer holds out shots for it):

@@ -228,6 +228,10 @@ class TrainingStage:
         require_shared(self.paths.checkpoints)  # several nodes: one filesystem, or one line
         with self.working():
             result = trainer.fit()
+        if result.diverged:  # in the run, not only on stderr
+            self.tracker.set_tags(
+                {f"kdflow.diverged{'.' + phase if phase else ''}": result.diverged}
+            )
         rows = result.history
         self.history += [{**h, "phase": float(phase)} for h in rows] if phase else rows
         self.trainers.append(trainer)
