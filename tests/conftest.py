@@ -34,6 +34,20 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# a Trainer config that learns in epoch 1, then leaves its basin at the one-cycle peak
+DIVERGES = {"epochs": 8, "batch_size": 64, "lr": 2.0, "optimizer": "sgd", "schedule": "onecycle",
+            "min_steps": 0, "device": "cpu", "channels_last": False}  # fmt: skip
+
+
+def mlp(x):
+    """A small seeded MLP for the images ``x`` (5 classes: the digits fixture's old task)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(x[:1].numel(), 32), nn.ReLU(), nn.Linear(32, 5))
+
+
 def method_loss(name: str, **options: object):
     """A distillation loss built as the stages build it: options validated, then the registry."""
     from kdflow.losses import LOSSES

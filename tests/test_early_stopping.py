@@ -14,6 +14,7 @@ from kdflow.config import TrainConfig, TransferTrainConfig
 from kdflow.pipeline import recipes
 from kdflow.tasks import load_task
 from kdflow.trainer import Trainer
+from tests.conftest import DIVERGES, mlp
 
 CPU = {"device": "cpu", "channels_last": False}
 
@@ -51,28 +52,19 @@ def test_divergence_rule() -> None:
     assert "nan at epoch 2" in diverged([1.0, float("nan")])
 
 
-DIVERGES = {"epochs": 8, "batch_size": 64, "lr": 2.0, "optimizer": "sgd", "schedule": "onecycle",
-            "min_steps": 0, **CPU}  # fmt: skip  # good after epoch 1, then the rate's peak
-
-
-def _mlp(x: torch.Tensor) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(x[:1].numel(), 32), nn.ReLU(), nn.Linear(32, 5))
-
-
 def test_a_run_that_blows_up_says_so(digits_dir: Path, capsys: pytest.CaptureFixture) -> None:
     """The own case's fine-tune left its basin at a high rate and sat at chance to the end:
     the run says so once, and the result carries it (the stage tags its MLflow run)."""
     task = load_task(digits_dir / "old")
     x, y = task["train"]
-    result = Trainer(TrainConfig(**DIVERGES), _mlp(x), (x, y), task["val"]).fit()
+    result = Trainer(TrainConfig(**DIVERGES), mlp(x), (x, y), task["val"]).fit()
     losses = [h["train_loss"] for h in result.history]
     assert losses[1] > 3 * losses[0] and result.diverged is not None
     assert result.diverged.startswith("training loss rose from") and "at epoch 2" in result.diverged
     err = capsys.readouterr().err
     assert err.count("warning: training loss rose") == 1 and "lower lr or set grad_clip" in err
     calm = TrainConfig(**{**DIVERGES, "lr": 0.05, "optimizer": "adamw", "schedule": "cosine"})
-    assert Trainer(calm, _mlp(x), (x, y), task["val"]).fit().diverged is None
+    assert Trainer(calm, mlp(x), (x, y), task["val"]).fit().diverged is None
     assert "warning" not in capsys.readouterr().err
 
 

@@ -236,12 +236,12 @@ def test_a_stage_whose_training_blew_up_tags_its_run(
     tmp_path: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from kdflow.config import TrainConfig
-    from tests.test_early_stopping import DIVERGES, _mlp
+    from tests.conftest import DIVERGES, mlp
 
     task = load_task(digits_dir / "old")
     stage, uri = _training_stage(tmp_path, monkeypatch)
     with stage:
-        result = stage.fit(TrainConfig(**DIVERGES), _mlp(task["train"][0]), task["train"],
+        result = stage.fit(TrainConfig(**DIVERGES), mlp(task["train"][0]), task["train"],
                            task["val"])  # fmt: skip
     tags = mlflow.MlflowClient(uri).get_run(stage.tracker.run_id).data.tags
     assert result.diverged and tags["kdflow.diverged"] == result.diverged
