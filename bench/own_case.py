@@ -1,10 +1,11 @@
 """The user's own case: a folder of RGB images of mixed sizes, a torchvision or timm teacher and
 a student of another family; the whole `dvc repro` timed stage by stage with this project's
-budgets (early stopping) and with them turned off, and each model's test accuracy compared
-between the two runs with McNemar's exact test on the same test images.
+budgets (early stopping), with early stopping turned off, and with the budgets from before
+early stopping (the fixed floors the issue measured), and each model's test accuracy compared
+between the early-stopped run and each other one with McNemar's exact test on the same images.
 
     python bench/own_case.py [--teacher torchvision:resnet18] [--student timm:mobilenetv3_small_050]
-                             [--per-class 300] [--set key=value ...]
+                             [--per-class 300] [--set key=value ...] [--arms ...]
 
 The folder is generated from Fashion-MNIST (Debian's dataset package, as the tests' folders
 are): train/<class>/ holds ``--per-class`` images per class (3,000 for 10 classes) and test/
@@ -29,7 +30,15 @@ from _util import correct, parse_sets, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-OFF = {"train": {"defaults": {"patience": None}}}  # this change's budgets turned off
+# The arms, each a params update: the defaults; early stopping off (today's epochs and floors,
+# trained whole); the budgets from before early stopping (params.yaml at 6433726: 15 epochs and
+# a 3,000-step floor, the teacher 8 and 1,500; transfer's 30 and 1,000 are unchanged since).
+ARMS = {
+    "early stopping": {},
+    "patience off": {"train": {"defaults": {"patience": None}}},
+    "budgets before": {"train": {"defaults": {"patience": None, "epochs": 15, "min_steps": 3000},
+                                 "teacher": {"epochs": 8, "min_steps": 1500}}},
+}  # fmt: skip
 
 
 def make_folder(out: Path, per_class: int, seed: int = 0) -> dict[str, int]:
@@ -99,6 +108,8 @@ def main() -> None:
     ap.add_argument("--student", default="timm:mobilenetv3_small_050")
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS),
+                    help="which runs (the first is compared with each other one)")  # fmt: skip
     args = ap.parse_args()
     from kdflow.stats import mcnemar_exact
 
@@ -114,29 +125,30 @@ def main() -> None:
             *outer, last = key.split(".")
             base = merge(base, dict_at(outer, {last: value}))
         runs, right = {}, {}
-        for label, update in (("early stopping", {}), ("budgets off", OFF)):
+        for label in args.arms:
             repo = Path(tmp) / label.replace(" ", "_")
             subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
             print(f"[own_case] {label}:", flush=True)
-            runs[label] = run_pipeline(repo, merge(base, update))
+            runs[label] = run_pipeline(repo, merge(base, ARMS[label]))
             right[label] = correct(repo / "models", repo / "data/prepared")
-    on, off = right["early stopping"], right["budgets off"]
+    first, *others = args.arms
     rows = []
-    for name in sorted(on):
-        b, c, p = mcnemar_exact(on[name], off[name])
-        rows.append({"model": name, "acc early stop": float(on[name].mean()),
-                     "acc budgets off": float(off[name].mean()), "only early stop right": b,
-                     "only budgets off right": c, "McNemar p": p})  # fmt: skip
+    for other in others:
+        for name in sorted(right[first]):
+            b, c, p = mcnemar_exact(right[first][name], right[other][name])
+            rows.append({"model": name, "against": other, f"acc {first}": float(right[first][name].mean()),
+                         "acc other": float(right[other][name].mean()), f"only {first} right": b,
+                         "only other right": c, "McNemar p": p})  # fmt: skip
     total = {k: sum(v.values()) for k, v in runs.items()}
-    stages = [{"stage": s, "early stop s": runs["early stopping"][s],
-               "budgets off s": runs["budgets off"][s]} for s in runs["early stopping"]]  # fmt: skip
+    stages = [{"stage": s, **{f"{a} s": runs[a][s] for a in args.arms}} for s in runs[first]]
     print(table(stages))
-    print(f"total: {total['early stopping']:.0f}s with early stopping, "
-          f"{total['budgets off']:.0f}s without ({total['early stopping'] / total['budgets off']:.2f}x)")  # fmt: skip
+    for other in others:
+        print(f"total: {total[first]:.0f}s {first}, {total[other]:.0f}s {other} "
+              f"({total[first] / total[other]:.2f}x)")  # fmt: skip
     print(table(rows))
     path = save("own_case", {"teacher": args.teacher, "student": args.student, "images": counts,
-                             "seconds": runs, "total_seconds": total, "accuracy": rows,
-                             "sets": args.set})  # fmt: skip
+                             "arms": {a: ARMS[a] for a in args.arms}, "seconds": runs,
+                             "total_seconds": total, "accuracy": rows, "sets": args.set})  # fmt: skip
     print(f"wrote {path}")
 
 

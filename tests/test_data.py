@@ -187,6 +187,30 @@ def test_device_memory_path_gives_the_host_paths_batches(digits_dir: Path, polic
     assert not torch.equal(plain, seen["off"][0][0])  # augmentation did change the images
 
 
+def test_both_paths_train_the_same_weights_with_dropout(digits_dir: Path) -> None:
+    """Held in memory or read from disk, a model with dropout (MobileNets, timm heads) ends
+    with the same weights: the loader must not draw from the generator dropout uses, or a
+    result would depend on whether the split fitted in the RAM free at the time."""
+    from torch import nn
+
+    from kdflow.config import TrainConfig
+    from kdflow.trainer import Trainer
+
+    task = load_task(digits_dir / "old")
+    x, _ = task["train"]
+    weights = {}
+    for where in ("off", "on"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(x[:1].numel(), 32), nn.ReLU(),
+                            nn.Dropout(0.5), nn.Linear(32, 5))  # fmt: skip
+        cfg = TrainConfig(epochs=3, batch_size=64, min_steps=0, device="cpu", patience=None,
+                          channels_last=False, device_data=where)  # fmt: skip
+        Trainer(cfg, net, task["train"], task["val"]).fit()
+        weights[where] = [p.detach().clone() for p in net.parameters()]
+    for a, b in zip(weights["off"], weights["on"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_auto_holds_a_split_that_fits_in_ram_on_cpu(digits_dir: Path) -> None:
     """auto gathers from a resident copy on CPU too, unless it would not fit its share or
     worker processes were asked for; a bare YAML on/off (read as true/false) is understood."""

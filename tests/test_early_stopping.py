@@ -43,13 +43,17 @@ def _fit(cfg: TrainConfig, digits: Path) -> tuple[Trainer, object]:
 
 
 def test_divergence_rule() -> None:
-    from kdflow.progress import diverged
+    from kdflow.progress import diverged, first_divergence
 
     assert diverged([]) is None and diverged([2.0]) is None
     assert diverged([1.2, 0.5, 0.4]) is None  # learning
     assert diverged([0.01, 0.002, 0.009]) is None  # 4.5x, but a rounding error's worth
     assert "rose from 0.5000 (epoch 2) to 1.6000 at epoch 3" in diverged([1.2, 0.5, 1.6])
     assert "nan at epoch 2" in diverged([1.0, float("nan")])
+    # a resumed run rechecks the epochs it replays: one that blew up and recovered did blow up
+    assert diverged([1.2, 0.5, 1.6, 0.4]) is None
+    assert "to 1.6000 at epoch 3" in first_divergence([1.2, 0.5, 1.6, 0.4])
+    assert first_divergence([]) is None and first_divergence([1.2, 0.5, 0.4]) is None
 
 
 def test_a_run_that_blows_up_says_so(digits_dir: Path, capsys: pytest.CaptureFixture) -> None:

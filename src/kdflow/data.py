@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import torch
 from torch import Tensor
 from torch.utils.data import (
@@ -108,8 +109,6 @@ def fits_device(data: TensorBatches, device: torch.device, share: float) -> bool
     if device.type == "cuda":
         memory = torch.cuda.get_device_properties(device).total_memory
     elif device.type == "cpu":
-        import psutil
-
         memory = psutil.virtual_memory().available
     else:
         return False
@@ -155,5 +154,9 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        # its own generator: each pass otherwise draws the workers' base seed from the global
+        # one, shifting the dropout masks drawn after it, and results would differ from the
+        # device-memory path's (which draws nothing) for any model with dropout
+        generator=torch.Generator().manual_seed(seed),
     )
     return loader, set_epoch

@@ -39,6 +39,12 @@ def diverged(losses: list[float], factor: float = 3.0) -> str | None:
     return None
 
 
+def first_divergence(losses: list[float]) -> str | None:
+    """``diverged`` at the first epoch it holds: a resumed run replays its epochs, and one that
+    blew up and recovered before the interruption did blow up."""
+    return next(filter(None, (diverged(losses[:i]) for i in range(1, len(losses) + 1))), None)
+
+
 def eta(elapsed: float, done: int, left: int) -> float:
     """Seconds left at the mean pace of the epochs run so far in this process."""
     return elapsed / done * left

@@ -36,7 +36,7 @@ from kdflow.errors import KdflowError
 from kdflow.metrics import classification_metrics, predict
 from kdflow.objective import Objective
 from kdflow.optim import build_optimizer
-from kdflow.progress import Meter, Progress, diverged, eta
+from kdflow.progress import Meter, Progress, diverged, eta, first_divergence
 from kdflow.resume import ObjectiveExtra, ResumeCheckpoint
 
 __all__ = ["FitResult", "Objective", "Trainer"]  # Objective: re-exported, lives in objective
@@ -198,7 +198,7 @@ class Trainer:
                     self.on_epoch(m, i)
         t0 = time.perf_counter()
         epochs, stopped = self.budget.passes, self._stop(history)
-        blew_up = diverged([h["train_loss"] for h in history])
+        blew_up = first_divergence([h["train_loss"] for h in history])  # resumed: replayed
         for epoch in range(start_epoch, epochs):
             if stopped:
                 break
@@ -219,8 +219,11 @@ class Trainer:
             if stopped:
                 self.progress.say(f"stopping early after epoch {epoch + 1}")
             if blew_up is None and (blew_up := diverged([h["train_loss"] for h in history])):
-                self.progress.say(f"warning: {blew_up}: the learning rate "
-                                  f"({metrics['lr']:.3g}) may be too high; lower lr or set grad_clip")  # fmt: skip
+                lr = f"{metrics['lr']:.3g}"
+                self.progress.say(
+                    f"warning: {blew_up}: the learning rate ({lr}) may be too high; "
+                    "lower lr or set grad_clip"
+                )
             if self.resume is not None and is_main():
                 self.resume.save(epoch + 1, history, best)
             barrier()
