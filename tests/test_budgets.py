@@ -58,6 +58,7 @@ def test_probe_matches_a_converged_sklearn_fit_and_chooses_c_by_cv(digits_dir: P
     feats = centers[y] + rng.normal(size=(120, 6))
     weight, bias, info = fit_logistic(feats, y)
     assert info["cv_folds"] == 5 and info["C"] > 0 and info["cv_accuracy"] > 0.8
+    assert info["converged"] and info["iterations"] < 100  # Newton-CG: a few dozen at most
     # the fold-back: the head on raw features gives sklearn's probabilities on standardised ones
     z = (feats - feats.mean(0)) / (feats.std(0) + 1e-8)
     ref = LogisticRegression(C=info["C"], max_iter=10_000, tol=1e-10).fit(z, y).predict_proba(z)
@@ -73,6 +74,19 @@ def test_probe_matches_a_converged_sklearn_fit_and_chooses_c_by_cv(digits_dir: P
     solve_head(head, net, *task["train"])
     acc = (head(task["test"][0].flatten(1)).argmax(1) == task["test"][1]).float().mean()
     assert acc > 0.85
+
+
+def test_probe_converges_on_ill_conditioned_embeddings() -> None:
+    """Singular values spread over four decades, as a MobileNet's embeddings' are: L-BFGS runs
+    out of iterations at large C (1,000 here, and far from the optimum in the own case), the
+    probe's Newton-CG converges in a few dozen at every C of the grid."""
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(200, 120)))
+    v, _ = np.linalg.qr(rng.normal(size=(120, 120)))
+    feats = (u * np.logspace(0, -4, 120) * np.sqrt(200)) @ v.T
+    y = np.argmax(u @ rng.normal(size=(120, 4)) + 0.02 * rng.normal(size=(200, 4)), 1)
+    _, _, info = fit_logistic(feats, y)
+    assert info["converged"] and info["iterations"] < 100, info
 
 
 def test_label_mask_is_stratified_and_fixed_by_seed() -> None:

@@ -1,4 +1,4 @@
-"""Linear probe: a new head on the frozen backbone, solved to convergence (L-BFGS logistic
+"""Linear probe: a new head on the frozen backbone, solved to convergence (Newton-CG logistic
 regression, L2 strength by cross-validation on the labelled shots); BN statistics untouched."""
 
 from __future__ import annotations
