@@ -128,7 +128,12 @@ def _distill(digits_dir: Path, ckpt: Path | None, die_after: int | None = None):
     return trainer, trainer.fit()
 
 
-def test_resumed_adversarial_run_equals_uninterrupted(digits_dir: Path, tmp_path: Path) -> None:
+def test_resumed_adversarial_run_equals_uninterrupted(
+    digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdflow.resume
+
+    monkeypatch.setattr(kdflow.resume, "SAVE_EVERY_S", 0.0)  # a checkpoint after every epoch
     full, _ = _distill(digits_dir, None)
     with pytest.raises(Boom):
         _distill(digits_dir, tmp_path, die_after=1)

@@ -53,13 +53,35 @@ def test_resume_after_interruption_equals_uninterrupted(digits_dir: Path, tmp_pa
         _train(digits_dir, ckpt=tmp_path, on_epoch=die)
     assert (tmp_path / "last.pt").is_file()
     resumed, result, _ = _train(digits_dir, ckpt=tmp_path)
-    assert result.resumed_from == 2 and len(result.history) == 3
+    # epoch 2's state was not written (within SAVE_EVERY_S of epoch 1's): it is trained again
+    assert result.resumed_from == 1 and len(result.history) == 3
     for (k, a), b in zip(
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), k
     resumed.finish()
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_resume_checkpoint_is_written_first_last_and_every_save_every_s(
+    digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdflow.resume as resume
+
+    saved: list[int] = []
+    write = resume.atomic_torch_save
+    monkeypatch.setattr(
+        resume,
+        "atomic_torch_save",
+        lambda path, state: (saved.append(state["epoch"]), write(path, state)),
+    )
+    cfg = CFG.model_copy(update={"epochs": 6})
+    _train(digits_dir, cfg=cfg, ckpt=tmp_path / "a")  # sub-second epochs: within one interval
+    assert saved == [1, 6]
+    saved.clear()
+    monkeypatch.setattr(resume, "SAVE_EVERY_S", 0.0)
+    _train(digits_dir, cfg=cfg, ckpt=tmp_path / "b")
+    assert saved == [1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoint_of_other_params_is_not_reused(digits_dir: Path, tmp_path: Path) -> None:

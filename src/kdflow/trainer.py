@@ -53,7 +53,7 @@ class FitResult:
 
 
 class Trainer:
-    """Train a model with one config; checkpoint every epoch and resume after a kill.
+    """Train a model with one config; checkpoint as it goes (``resume``) and resume after a kill.
 
     ``extra_metrics(model, epoch)`` adds metrics per epoch (e.g. agreement with a teacher);
     ``on_epoch(metrics, epoch)`` receives every epoch's metrics (e.g. to log to MLflow).
@@ -225,7 +225,7 @@ class Trainer:
                     "lower lr or set grad_clip"
                 )
             if self.resume is not None and is_main():
-                self.resume.save(epoch + 1, history, best)
+                self.resume.save(epoch + 1, history, best, last=stopped or epoch + 1 == epochs)
             barrier()
             if self.on_epoch and is_main():
                 self.on_epoch(metrics, epoch)
