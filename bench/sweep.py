@@ -94,6 +94,13 @@ NEW_GRID: list[tuple[str, str, dict[str, Any]]] = [
       "transfer.options.lp_ft.backbone_lr_mult": m}) for lr in LRS for m in (0.1, 1.0)],
     *[("lwf", f"lr={lr} lambda={lam}", {"transfer.options.lwf.lr": lr,
       "transfer.options.lwf.lambda_old": lam}) for lr in LRS for lam in (0.3, 1.0, 3.0)],
+    # BatchNorm while fine-tuning (running statistics kept, or batch statistics) and clipping,
+    # at each strategy's default lr: LP-FT's probe head was solved on eval-mode features
+    *[(f"{s}_bn", f"bn={bn} grad_clip={c}", {f"transfer.options.{s}.bn": bn,
+      "transfer.train.grad_clip": c}) for s in ("lp_ft", "finetune")
+      for bn in ("train", "frozen") for c in (None, 1.0)],
+    *[(f"{s}_clip", f"grad_clip={c}", {"transfer.train.grad_clip": c})
+      for s in ("scratch", "lwf") for c in (None, 1.0)],
 ]  # fmt: skip
 
 
@@ -149,9 +156,10 @@ def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) 
     old, new = load_task(args.data / "old"), load_task(args.data / "new")
     source, ckpt = load_model(args.source, "transfer source", None, old.num_classes)
     rows = []
-    for strategy, label, overrides in shard(NEW_GRID, args.shard):
-        if only and strategy not in only:
+    for group, label, overrides in shard(NEW_GRID, args.shard):
+        if only and group not in only:
             continue
+        strategy = group.removesuffix("_bn").removesuffix("_clip")
         p = with_overrides(params, overrides)
         t0 = time.perf_counter()
         cv = cv_transfer(p, strategy, source, ckpt["spec"], old, new)
@@ -164,7 +172,7 @@ def sweep_new(params: Params, only: list[str] | None, args: argparse.Namespace) 
                 predict(model.old_task(), old["test"][0]), old["test"][1]
             )["accuracy"]
         rows.append({
-            "group": strategy, "config": label, "val_accuracy": cv, "test_accuracy": test,
+            "group": group, "config": label, "val_accuracy": cv, "test_accuracy": test,
             "old_task_accuracy": kept, "seconds": round(time.perf_counter() - t0, 1),
             "overrides": overrides,
         })  # fmt: skip

@@ -82,6 +82,25 @@ def test_every_strategy_learns_the_new_task(source, digits_dir: Path) -> None:
         assert _new_acc(_transfer(source, digits_dir, name), digits_dir) > 0.5, name
 
 
+@pytest.mark.parametrize("name", ["finetune", "lp_ft"])
+def test_frozen_bn_keeps_running_statistics_and_trains_the_rest(
+    source, digits_dir: Path, name: str
+) -> None:
+    def stats(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
+
+    before = stats(source)
+    assert before  # the cnn has BatchNorm
+    frozen = _transfer(source, digits_dir, name, bn="frozen")
+    for k, v in stats(frozen.net).items():
+        assert torch.equal(v, before[k]), f"{k} moved"
+    moved = _transfer(source, digits_dir, name)  # bn: train, the default
+    assert any(not torch.equal(v, before[k]) for k, v in stats(moved.net).items())
+    conv = next(k for k, v in source.state_dict().items() if v.dim() == 4)
+    assert not torch.equal(frozen.net.state_dict()[conv], source.state_dict()[conv])
+    assert _new_acc(frozen, digits_dir) > 0.5
+
+
 def test_linear_probe_stays_eval_while_training(source) -> None:
     model = TransferNet(source, 3)
     model.freeze_backbone(True)

@@ -25,7 +25,8 @@ class TransferNet(nn.Module):
     """A ``Net`` with a second head for the new task; the old head stays for retention.
 
     When ``frozen`` the backbone (and old head) stay in eval mode even while training, so
-    BatchNorm statistics cannot move: a linear probe leaves the old task bit-identical.
+    BatchNorm statistics cannot move: a linear probe leaves the old task bit-identical. With
+    ``frozen_bn`` only the BatchNorm layers do, and the rest trains.
     """
 
     def __init__(self, net: nn.Module, new_classes: int) -> None:
@@ -33,9 +34,13 @@ class TransferNet(nn.Module):
         self.net = net
         self.new_head = nn.Linear(net.feat_dim, new_classes)
         self.frozen = False
+        self.frozen_bn = False
 
-    def freeze_backbone(self, frozen: bool = True, train_old_head: bool = False) -> None:
+    def freeze_backbone(
+        self, frozen: bool = True, train_old_head: bool = False, frozen_bn: bool = False
+    ) -> None:
         self.frozen = frozen
+        self.frozen_bn = frozen_bn
         for p in self.net.parameters():
             p.requires_grad_(not frozen)
         # An old head outside the loss would get no gradient (and stall DDP): freeze it.
@@ -46,6 +51,10 @@ class TransferNet(nn.Module):
         super().train(mode)
         if self.frozen:
             self.net.eval()
+        elif self.frozen_bn:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def forward(self, x: Tensor, with_features: bool = False) -> Tensor | Outputs:
@@ -73,6 +82,7 @@ class Phase:
     objective: Objective | None = None  # None: cross-entropy (with train.label_smoothing)
     freeze_backbone: bool = False
     uses_old_head: bool = False  # only LwF trains the old head; others leave it untouched
+    frozen_bn: bool = False  # BatchNorm in eval mode while training (running statistics kept)
     solve: Callable[[TransferNet, Tensor, Tensor, int], dict[str, Any]] | None = None
 
 
@@ -126,7 +136,7 @@ def train_phases(
     """
     chosen: dict[str, Any] = {}
     for i, phase in enumerate(phases):
-        model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head)
+        model.freeze_backbone(phase.freeze_backbone, phase.uses_old_head, phase.frozen_bn)
         if phase.solve is not None:
             chosen[phase.name] = phase.solve(model, *train, cfg.seed)
             continue

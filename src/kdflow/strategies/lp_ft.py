@@ -24,5 +24,7 @@ class Options(FinetuneOptions):
 def build(options: Options, model: TransferNet, train_x: Tensor) -> list[Phase]:
     return [
         probe_phase(),
-        Phase("ft", finetune_groups(model, options.backbone_lr_mult)),
+        Phase(
+            "ft", finetune_groups(model, options.backbone_lr_mult), frozen_bn=options.bn == "frozen"
+        ),
     ]
