@@ -13,6 +13,9 @@ from tests.conftest import BIN, make_repo, run_stage, stage_argv, stage_env, tin
 # Two ranks see different shards in a different order, so the runs are not bit-equal; the
 # stated tolerance is 3 points of test accuracy on digits' 5-class old task.
 TOLERANCE = 0.03
+# The few-shot transfer (100 digits shots, 224 test images, a width-4 student) is noisier than
+# any rank effect: one process with transfer.train.seed 0-3 gave 0.879-0.964 (two: 0.911-0.951).
+TRANSFER_TOLERANCE = 0.10
 
 
 def _repo(tmp: Path, name: str, batch: int) -> Path:
@@ -87,7 +90,9 @@ def test_compute_section_runs_the_pipeline_on_two_processes(tmp_path: Path) -> N
     assert set(two) == set(one) == stages, (one, two)
     for stage in stages:
         assert two[stage][0] == "2" and one[stage][0] == "1", (stage, two[stage], one[stage])
-        assert abs(two[stage][1] - one[stage][1]) <= TOLERANCE, (stage, two[stage], one[stage])
+        tol = TRANSFER_TOLERANCE if stage.startswith("transfer") else TOLERANCE
+        assert abs(two[stage][1] - one[stage][1]) <= tol, (stage, two[stage], one[stage])
+    assert two["transfer@distilled-finetune"][1] > 0.85, two  # it learns (chance: 0.2)
 
 
 def test_rendezvous_that_does_not_answer_one_line_exit_2(tmp_path: Path) -> None:
