@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,18 +16,58 @@ import torch
 import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent  # the venv's dvc and python
 CACHE = "cache"  # the distill stage's teacher-logit cache (dvc.yaml: --cache cache)
+
+
+def cpu_model() -> str:
+    """The CPU's model name: float kernels, and so trained numbers, differ by CPU type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, object]:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels ATen dispatches to
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def pipeline_env() -> dict[str, str]:
+    """The environment of a ``dvc`` run in a clone: the venv's tools first, quiet and offline,
+    and no tracking URI from outside, so the clone's stages log to the clone's own store."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    return {**keep, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+
+
+def merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s keys set, nested dicts merged (a params update)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def with_sets(params: dict, sets: list[str]) -> dict:
+    """A params dict with ``--set a.b.c=value ...`` applied (as ``dvc exp run -S``)."""
+    for key, value in parse_sets(sets).items():
+        *outer, last = key.split(".")
+        leaf: dict = {last: value}
+        for k in reversed(outer):
+            leaf = {k: leaf}
+        params = merge(params, leaf)
+    return params
 
 
 def parse_sets(sets: list[str]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ a third as many; each image gets its own size (20-48 px) and colour tint.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,9 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import correct, parse_sets, save, table
+from _util import BIN, correct, merge, pipeline_env, save, table, with_sets
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # The arms, each a params update: the defaults; early stopping off (today's epochs and floors,
 # trained whole); the budgets from before early stopping (params.yaml at 6433726: 15 epochs and
 # a 3,000-step floor, the teacher 8 and 1,500; transfer's 30 and 1,000 are unchanged since).
@@ -67,35 +65,18 @@ def make_folder(out: Path, per_class: int, seed: int = 0) -> dict[str, int]:
     return counts
 
 
-def env() -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    return {**keep, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-
-
-def merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) else v
-    return out
-
-
-def dict_at(keys: list[str], leaf: dict) -> dict:
-    return leaf if not keys else {keys[0]: dict_at(keys[1:], leaf)}
-
-
 def run_pipeline(repo: Path, params: dict) -> dict[str, float]:
     """Each stage of `dvc repro`, in order, timed on its own (``dvc repro -s``)."""
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     names = subprocess.run(
-        [str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=repo, env=env(),
+        [str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=repo, env=pipeline_env(),
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     seconds = {}
     for name in names:
         t0 = time.perf_counter()
         with open(repo / "stages.log", "a") as log:  # progress lines: the clone's stages.log
-            subprocess.run([str(BIN / "dvc"), "repro", "-s", name], cwd=repo, env=env(),
+            subprocess.run([str(BIN / "dvc"), "repro", "-s", name], cwd=repo, env=pipeline_env(),
                            check=True, stdout=log, stderr=log)  # fmt: skip
         seconds[name] = time.perf_counter() - t0
         print(f"  {name}: {seconds[name]:.1f}s", flush=True)
@@ -120,10 +101,7 @@ def main() -> None:
         own = {"data": {"dataset": "imagefolder", "root": str(folder), "image_size": 32},
                "models": {"teacher": {"arch": args.teacher}, "student": {"arch": args.student}},
                "evaluate": {"onnx": False}}  # fmt: skip
-        base = merge(base, own)
-        for key, value in parse_sets(args.set).items():  # dotted keys, as dvc exp run -S
-            *outer, last = key.split(".")
-            base = merge(base, dict_at(outer, {last: value}))
+        base = with_sets(merge(base, own), args.set)  # dotted keys, as dvc exp run -S
         runs, right = {}, {}
         for label in args.arms:
             repo = Path(tmp) / label.replace(" ", "_")

@@ -28,21 +28,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import parse_sets, save, table
+from _util import BIN, parse_sets, pipeline_env, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 EXPERIMENTS = ["++distill.methods.kd.temperature=2", "++distill.methods.kd.temperature=4"]
 
 
-def env() -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    return {**keep, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-
-
 def dvc(repo: Path, *args: str) -> str:
-    out = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env(), check=True,
+    out = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=pipeline_env(), check=True,
                          capture_output=True, text=True)  # fmt: skip
     return out.stdout
 

@@ -1,0 +1,116 @@
+"""Training noise of the default run: the whole `dvc repro` once per training seed, on the same
+data split and test images, and how far each model and each of the report's comparisons moves.
+
+Why: the report's paired tests measure the noise of the test images only. A run on another
+seed, or on another CPU type (float kernels round differently, so the committed figures are
+not reproduced byte for byte there), trains other models; a claim that flips between seeds is
+not a finding. The committed run's figures are placed within the seeds' spread.
+
+    python bench/seeds.py [--seeds 0 1 2 3] [--set key=value ...]
+
+``train.defaults.seed`` is set per run (every training stage inherits it, transfer included);
+``data.seed`` stays, so every run has the same split and test images. Writes
+bench/results/seeds.json and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import BIN, correct, merge, pipeline_env, save, table, with_sets
+
+from kdflow.stats import mcnemar_exact
+
+ROOT = Path(__file__).resolve().parents[1]
+# the report's comparisons (reports/summary.md, "Are the differences real?"): first vs second
+BASELINES = {"distilled": "student", "teacher": "student"}
+SCRATCH = "transfer/scratch"
+
+
+def committed_accuracy(root: Path) -> dict[str, float]:
+    """Each model's test accuracy in the committed metrics (the reference machine's run)."""
+    out = {}
+    for role, file in (("teacher", "teacher"), ("student", "student"), ("distilled", "distill")):
+        out[role] = json.loads((root / f"metrics/{file}.json").read_text())["test"]["accuracy"]
+    for path in sorted((root / "metrics/transfer").glob("*.json")):
+        out[f"transfer/{path.stem}"] = json.loads(path.read_text())["new_task"]["accuracy"]
+    return out
+
+
+def comparisons(right: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    pairs = [(a, b) for a, b in BASELINES.items() if a in right and b in right]
+    return pairs + [
+        (m, SCRATCH) for m in sorted(right) if m.startswith("transfer/") and m != SCRATCH
+    ]
+
+
+def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict[str, np.ndarray], float]:
+    repo = tmp / f"seed{seed}"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    params = merge(base, {"train": {"defaults": {"seed": seed}}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    t0 = time.perf_counter()
+    with open(repo / "stages.log", "w") as log:
+        subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=pipeline_env(), check=True,
+                       stdout=log, stderr=log)  # fmt: skip
+    return correct(repo / "models", repo / "data/prepared"), time.perf_counter() - t0
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
+    args = ap.parse_args()
+    base = with_sets(yaml.safe_load((ROOT / "params.yaml").read_text()), args.set)
+    committed = committed_accuracy(ROOT)
+    right, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            print(f"[seeds] seed {seed}: dvc repro", flush=True)
+            right[seed], seconds[seed] = run_seed(Path(tmp), seed, base)
+            print(f"[seeds] seed {seed}: {seconds[seed]:.0f}s", flush=True)
+    models = sorted(right[args.seeds[0]])
+    rows = []
+    for name in models:
+        accs = [float(right[s][name].mean()) for s in args.seeds]
+        s = spread(accs)
+        ref = committed.get(name)
+        rows.append({"model": name, **{f"seed {k}": a for k, a in zip(args.seeds, accs, strict=True)},
+                     **s, "committed": ref,
+                     "committed in seed range": None if ref is None else s["min"] <= ref <= s["max"]})  # fmt: skip
+    claims = []
+    for a, b in comparisons(right[args.seeds[0]]):
+        diffs, sig = [], []
+        for seed in args.seeds:
+            diffs.append(100 * float(right[seed][a].mean() - right[seed][b].mean()))
+            sig.append(mcnemar_exact(right[seed][a], right[seed][b])[2] < 0.05)
+        signs = {"+" if d > 0 else "-" for d, s in zip(diffs, sig, strict=True) if s}
+        claims.append({"comparison": f"{a} vs {b}", **{f"seed {k} (pt)": d for k, d in
+                       zip(args.seeds, diffs, strict=True)}, "mean (pt)": statistics.fmean(diffs),
+                       "significant on": f"{sum(sig)} of {len(sig)}",
+                       "same sign where significant": len(signs) <= 1})  # fmt: skip
+    print(table(rows))
+    print(table(claims))
+    path = save("seeds", {"seeds": args.seeds, "sets": args.set, "seconds": seconds,
+                          "models": rows, "comparisons": claims})  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
