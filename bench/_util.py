@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,18 +19,10 @@ BIN = Path(sys.executable).parent  # the venv's dvc and python
 CACHE = "cache"  # the distill stage's teacher-logit cache (dvc.yaml: --cache cache)
 
 
-def cpu_model() -> str:
-    """The CPU's model name: float kernels, and so trained numbers, differ by CPU type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict[str, object]:
+    """The machine facts every result carries (trained numbers differ by CPU type)."""
+    from kdflow.tracking.provenance import cpu_model
+
     return {
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels ATen dispatches to

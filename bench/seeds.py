@@ -55,7 +55,13 @@ def comparisons(right: dict[str, np.ndarray]) -> list[tuple[str, str]]:
     ]
 
 
-def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict[str, np.ndarray], float]:
+def output_hashes(repo: Path) -> dict[str, str]:
+    """Every stage output's md5 in ``dvc.lock``: the same run elsewhere compares byte for byte."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
+
+
+def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict[str, np.ndarray], dict, float]:
     repo = tmp / f"seed{seed}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
     params = merge(base, {"train": {"defaults": {"seed": seed}}})
@@ -64,7 +70,8 @@ def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict[str, np.ndarray], f
     with open(repo / "stages.log", "w") as log:
         subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=pipeline_env(), check=True,
                        stdout=log, stderr=log)  # fmt: skip
-    return correct(repo / "models", repo / "data/prepared"), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return correct(repo / "models", repo / "data/prepared"), output_hashes(repo), seconds
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -79,11 +86,11 @@ def main() -> None:
     args = ap.parse_args()
     base = with_sets(yaml.safe_load((ROOT / "params.yaml").read_text()), args.set)
     committed = committed_accuracy(ROOT)
-    right, seconds = {}, {}
+    right, hashes, seconds = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             print(f"[seeds] seed {seed}: dvc repro", flush=True)
-            right[seed], seconds[seed] = run_seed(Path(tmp), seed, base)
+            right[seed], hashes[seed], seconds[seed] = run_seed(Path(tmp), seed, base)
             print(f"[seeds] seed {seed}: {seconds[seed]:.0f}s", flush=True)
     models = sorted(right[args.seeds[0]])
     rows = []
@@ -108,7 +115,7 @@ def main() -> None:
     print(table(rows))
     print(table(claims))
     path = save("seeds", {"seeds": args.seeds, "sets": args.set, "seconds": seconds,
-                          "models": rows, "comparisons": claims})  # fmt: skip
+                          "models": rows, "comparisons": claims, "outputs": hashes})  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from tests.conftest import BIN, TRANSFER_STAGES, stage_env
@@ -62,6 +63,9 @@ def test_repro_of_a_clean_commit_is_one_clean_run_tree(first_pipeline: tuple) ->
     for r in children:  # DVC rewrote metrics, plots and dvc.lock: none of that is "dirty"
         assert r.data.tags["kdflow.git_dirty"] == "false", r.data.tags.get("kdflow.git_changed")
         assert r.info.status == "FINISHED"
+        # what computed it: float results differ by CPU type, so a run names its CPU and torch
+        assert r.data.tags["kdflow.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert r.data.tags["kdflow.torch"] == torch.__version__ and r.data.tags["kdflow.cpu"]
     assert parent.data.params["distill.method"] == "kd"  # the whole params.yaml, for comparing
     # evaluate linked every model's run into the tree, with its final metrics
     links = {k: v for k, v in parent.data.tags.items() if k.startswith("kdflow.stage_run.")}

@@ -231,7 +231,11 @@ def render_summary(
         parts += [
             "Difference = accuracy of the first model minus the second; 95% interval from a "
             "paired bootstrap (10,000 resamples of the test images); p from McNemar's exact test "
-            "on the images where exactly one model is right. Significant means p < 0.05.",
+            "on the images where exactly one model is right. Significant means p < 0.05. "
+            "These tests see the noise of the test images only, not of training: another "
+            "training seed, or another CPU type (its float kernels round differently), trains "
+            "other models, and a difference of a point can change sign; `python bench/seeds.py` "
+            "measures that.",
             "",
         ]
     if onnx:

@@ -1,15 +1,19 @@
-"""Where a run comes from: its git commit, its DVC experiment and the pipeline execution.
+"""Where a run comes from: its git commit, its DVC experiment, the pipeline execution and the
+machine.
 
 The tags written here let a run be found from a commit, an experiment or a ``dvc repro``, tell
-whether the code that ran differs from the commit (DVC's own rewrites do not count), and name
-the process behind a run (pid, host, start time), so a run left RUNNING by a dead process can
-be told from one that is still going.
+whether the code that ran differs from the commit (DVC's own rewrites do not count), name the
+process behind a run (pid, host, start time), so a run left RUNNING by a dead process can be
+told from one that is still going, and name the CPU and torch that computed it: float kernels
+round differently by CPU type, so two runs of one commit agree byte for byte only on the same
+kind of CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import socket
 import subprocess
 import uuid
@@ -150,6 +154,31 @@ def is_dead(tags: dict[str, str]) -> bool:
         return False
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform reports)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_tags() -> dict[str, str]:
+    """What computed a run: CPU model, the kernel level ATen dispatches to, torch, the GPU."""
+    import torch
+
+    tags = {
+        "kdflow.cpu": cpu_model(),
+        "kdflow.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kdflow.torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        tags["kdflow.gpu"] = torch.cuda.get_device_name(0)
+    return tags
+
+
 def lineage_tags(pipeline: str) -> dict[str, str]:
     """The tags that tie a run to its commit, its DVC experiment and its pipeline execution."""
     git = git_state()
@@ -159,6 +188,7 @@ def lineage_tags(pipeline: str) -> dict[str, str]:
         "mlflow.source.git.commit": git["commit"],
         "kdflow.git_commit": git["commit"],
         "kdflow.world_size": os.environ.get("WORLD_SIZE", "1"),  # processes of the stage
+        **machine_tags(),
     }
     if git["changed"]:
         tags["kdflow.git_changed"] = git["changed"]
