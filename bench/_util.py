@@ -21,15 +21,16 @@ CACHE = "cache"  # the distill stage's teacher-logit cache (dvc.yaml: --cache ca
 
 def machine() -> dict[str, object]:
     """The machine facts every result carries (trained numbers differ by CPU type)."""
-    from kdflow.tracking.provenance import cpu_model
+    from kdflow.tracking.provenance import machine_tags
 
+    tags = machine_tags()
     return {
-        "cpu": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels ATen dispatches to
+        "cpu": tags["kdflow.cpu"],
+        "cpu_capability": tags["kdflow.cpu_capability"],  # the kernels ATen dispatches to
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": tags["kdflow.torch"],
+        "cuda": tags.get("kdflow.gpu"),
         "date": time.strftime("%Y-%m-%d"),
     }
 

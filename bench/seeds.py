@@ -24,22 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import BIN, correct, merge, pipeline_env, save, table, with_sets
-
-from kdflow.stats import mcnemar_exact
+from _util import BIN, merge, pipeline_env, save, table, with_sets
 
 ROOT = Path(__file__).resolve().parents[1]
-# the report's comparisons (reports/summary.md, "Are the differences real?"): first vs second
-BASELINES = {"distilled": "student", "teacher": "student"}
-SCRATCH = "transfer/scratch"
 
 
-def committed_accuracy(root: Path) -> dict[str, float]:
-    """Each model's test accuracy in the committed metrics (the reference machine's run)."""
+def accuracies(root: Path) -> dict[str, float]:
+    """Each model's test accuracy, as the stages wrote it to the metrics files of ``root``."""
     out = {}
     for role, file in (("teacher", "teacher"), ("student", "student"), ("distilled", "distill")):
         out[role] = json.loads((root / f"metrics/{file}.json").read_text())["test"]["accuracy"]
@@ -48,11 +42,9 @@ def committed_accuracy(root: Path) -> dict[str, float]:
     return out
 
 
-def comparisons(right: dict[str, np.ndarray]) -> list[tuple[str, str]]:
-    pairs = [(a, b) for a, b in BASELINES.items() if a in right and b in right]
-    return pairs + [
-        (m, SCRATCH) for m in sorted(right) if m.startswith("transfer/") and m != SCRATCH
-    ]
+def significance(root: Path) -> dict[str, dict]:
+    """The report's paired comparisons (evaluate's ``significance`` in metrics/evaluate.json)."""
+    return json.loads((root / "metrics/evaluate.json").read_text())["significance"]
 
 
 def output_hashes(repo: Path) -> dict[str, str]:
@@ -61,7 +53,7 @@ def output_hashes(repo: Path) -> dict[str, str]:
     return {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
 
 
-def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict[str, np.ndarray], dict, float]:
+def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict, dict, dict, float]:
     repo = tmp / f"seed{seed}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
     params = merge(base, {"train": {"defaults": {"seed": seed}}})
@@ -71,7 +63,7 @@ def run_seed(tmp: Path, seed: int, base: dict) -> tuple[dict[str, np.ndarray], d
         subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=pipeline_env(), check=True,
                        stdout=log, stderr=log)  # fmt: skip
     seconds = time.perf_counter() - t0
-    return correct(repo / "models", repo / "data/prepared"), output_hashes(repo), seconds
+    return accuracies(repo), significance(repo), output_hashes(repo), seconds
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -85,32 +77,29 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
     args = ap.parse_args()
     base = with_sets(yaml.safe_load((ROOT / "params.yaml").read_text()), args.set)
-    committed = committed_accuracy(ROOT)
-    right, hashes, seconds = {}, {}, {}
+    committed = accuracies(ROOT)  # the reference machine's run
+    acc, sig, hashes, seconds = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             print(f"[seeds] seed {seed}: dvc repro", flush=True)
-            right[seed], hashes[seed], seconds[seed] = run_seed(Path(tmp), seed, base)
+            acc[seed], sig[seed], hashes[seed], seconds[seed] = run_seed(Path(tmp), seed, base)
             print(f"[seeds] seed {seed}: {seconds[seed]:.0f}s", flush=True)
-    models = sorted(right[args.seeds[0]])
     rows = []
-    for name in models:
-        accs = [float(right[s][name].mean()) for s in args.seeds]
+    for name in sorted(acc[args.seeds[0]]):
+        accs = [acc[s][name] for s in args.seeds]
         s = spread(accs)
         ref = committed.get(name)
         rows.append({"model": name, **{f"seed {k}": a for k, a in zip(args.seeds, accs, strict=True)},
                      **s, "committed": ref,
                      "committed in seed range": None if ref is None else s["min"] <= ref <= s["max"]})  # fmt: skip
     claims = []
-    for a, b in comparisons(right[args.seeds[0]]):
-        diffs, sig = [], []
-        for seed in args.seeds:
-            diffs.append(100 * float(right[seed][a].mean() - right[seed][b].mean()))
-            sig.append(mcnemar_exact(right[seed][a], right[seed][b])[2] < 0.05)
-        signs = {"+" if d > 0 else "-" for d, s in zip(diffs, sig, strict=True) if s}
-        claims.append({"comparison": f"{a} vs {b}", **{f"seed {k} (pt)": d for k, d in
+    for key in sorted(sig[args.seeds[0]]):
+        diffs = [100 * sig[seed][key]["difference"] for seed in args.seeds]
+        marks = [sig[seed][key]["significant"] for seed in args.seeds]
+        signs = {"+" if d > 0 else "-" for d, m in zip(diffs, marks, strict=True) if m}
+        claims.append({"comparison": key.replace("_vs_", " vs "), **{f"seed {k} (pt)": d for k, d in
                        zip(args.seeds, diffs, strict=True)}, "mean (pt)": statistics.fmean(diffs),
-                       "significant on": f"{sum(sig)} of {len(sig)}",
+                       "significant on": f"{sum(marks)} of {len(marks)}",
                        "same sign where significant": len(signs) <= 1})  # fmt: skip
     print(table(rows))
     print(table(claims))
